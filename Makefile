@@ -1,0 +1,33 @@
+# notification-service — `make` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+# uv never downloads a Python of its own: it uses the machine's python3.
+export UV_PYTHON_DOWNLOADS := never
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+RUN := $(UV) run --no-sync
+
+.PHONY: help uv install dev test lint
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+uv:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+
+install: uv ## make .venv with the service and its dev tools, exactly as uv.lock pins them
+	$(UV) sync --locked --python $(PYTHON)
+
+dev: install ## run the service on :8000 beside an SMTP sink on :1025 that prints every mail here
+	@trap 'kill 0' EXIT; \
+	$(RUN) python -m aiosmtpd -n -l 127.0.0.1:1025 -c aiosmtpd.handlers.Debugging & \
+	SMTP_HOST=127.0.0.1 SMTP_PORT=1025 LOG_FORMAT=console $(RUN) uvicorn service.main:app --host 127.0.0.1 --port 8000 --reload
+
+test: install ## run the test suite (real SMTP server, real SQLite, real HTTP; no Docker)
+	$(RUN) pytest
+
+lint: install ## ruff (lint and format check) and mypy --strict on service/
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy

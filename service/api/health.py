@@ -1,0 +1,35 @@
+"""Health routes for orchestrators: liveness (the process serves) and readiness (outbox and SMTP)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from service.api.deps import OutboxDep, SmtpProbeDep
+from service.outbox import OutboxUnavailable
+from service.schemas import Readiness, ReadinessChecks
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live", summary="200 while the process serves requests")
+async def live() -> dict[str, str]:
+    return {"status": "pass"}
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "The outbox cannot be written"}},
+    summary="pass: ready; warn: SMTP unreachable, mail is accepted and waits; fail: outbox unwritable",
+)
+async def ready(outbox: OutboxDep, smtp_probe: SmtpProbeDep) -> JSONResponse:
+    try:
+        await outbox.check_writable()
+        outbox_check = "pass"
+    except OutboxUnavailable:
+        outbox_check = "fail"
+    smtp_check = "pass" if await smtp_probe.check() else "fail"
+    overall = "fail" if outbox_check == "fail" else "warn" if smtp_check == "fail" else "pass"
+    body = Readiness(status=overall, checks=ReadinessChecks(outbox=outbox_check, smtp=smtp_check))
+    return JSONResponse(body.model_dump(), status_code=503 if overall == "fail" else 200)

@@ -1,0 +1,86 @@
+"""Every setting the service reads, from environment variables (and an optional `.env`), validated at start.
+
+Field names are the environment variables' names, so `grep SMTP_HOST` finds both the setting and its uses.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_FIELDS = frozenset({"SMTP_PASSWORD"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # SMTP: where mail goes
+    SMTP_HOST: str = Field("localhost", min_length=1, description="SMTP server host name.")
+    SMTP_PORT: int = Field(1025, ge=1, le=65535, description="SMTP server port.")
+    SMTP_USERNAME: str | None = Field(None, description="SMTP AUTH user; unset means no login.")
+    SMTP_PASSWORD: SecretStr | None = Field(None, description="SMTP AUTH password. Never logged.")
+    SMTP_STARTTLS: bool = Field(False, description="Upgrade the connection with STARTTLS after EHLO.")
+    SMTP_TLS: bool = Field(False, description="Connect with implicit TLS (usually port 465).")
+    SMTP_TIMEOUT_SECONDS: float = Field(10.0, gt=0, description="Timeout of one SMTP command or connect.")
+    SEND_TIMEOUT_SECONDS: float = Field(
+        30.0, gt=0, description="Deadline for one whole send; a stalled server frees the worker after it."
+    )
+    MAIL_FROM: str = Field("notifications@example.com", min_length=3, description="Envelope sender and From header.")
+
+    # Outbox: where accepted mail waits, on disk
+    OUTBOX_PATH: Path = Field(Path("data/outbox.sqlite3"), description="SQLite file of the outbox.")
+    OUTBOX_SYNCHRONOUS: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL",
+        description="SQLite `synchronous` pragma: NORMAL survives a process crash, FULL also a power loss.",
+    )
+
+    # Dispatcher: how mail is sent and retried
+    SEND_CONCURRENCY: int = Field(8, ge=1, le=256, description="Workers, each with one SMTP connection.")
+    MAX_ATTEMPTS: int = Field(8, ge=1, le=100, description="Attempts before a transient failure is final.")
+    RETRY_BASE_SECONDS: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt.")
+    RETRY_MAX_SECONDS: float = Field(600.0, gt=0, description="Upper bound of one retry delay.")
+    SHUTDOWN_GRACE_SECONDS: float = Field(10.0, ge=0, description="How long in-flight sends may finish.")
+
+    # Request limits
+    MAX_RECIPIENTS: int = Field(50, ge=1, le=1000, description="Most addresses in to+cc+bcc together.")
+
+    # Logging
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+    LOG_FORMAT: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a TTY, JSON lines otherwise."
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.SMTP_TLS and self.SMTP_STARTTLS:
+            raise ValueError("SMTP_TLS and SMTP_STARTTLS are exclusive: choose implicit TLS or STARTTLS")
+        if (self.SMTP_USERNAME is None) != (self.SMTP_PASSWORD is None):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD are set together or not at all")
+        if self.RETRY_MAX_SECONDS < self.RETRY_BASE_SECONDS:
+            raise ValueError("RETRY_MAX_SECONDS must be at least RETRY_BASE_SECONDS")
+        return self
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per bad variable, naming it and saying what is wrong; secrets' values are never echoed."""
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"] and name not in SECRET_FIELDS and error["type"] != "missing":
+            message = f"{message} (got {error['input']!r})"
+        lines.append(f"config error: {name}: {message}")
+    return lines
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; on a bad value, print what is wrong and stop without a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print("\n".join(describe_errors(exc)), file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,217 @@
+"""The dispatcher: claims due notifications from the outbox and sends them with SEND_CONCURRENCY workers.
+
+One claimer task takes due notifications from the outbox in batches into a small in-memory queue; each
+worker keeps one SMTP connection open and sends what it takes from that queue. The queue holds at most
+SEND_CONCURRENCY notifications, so a crash can only ever repeat the sends that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from service.config import Settings
+from service.mailer import DeliveryFailed, SmtpConnection
+from service.outbox import Notification, Outbox, OutboxUnavailable
+
+log = structlog.get_logger("service.dispatcher")
+
+# The slow safety-net poll: normally the claimer is woken by new notifications or sleeps until the next
+# retry is due; this only bounds how long it can miss a row written by someone else.
+POLL_SECONDS = 5.0
+
+
+def retry_delay(attempts: int, settings: Settings) -> float:
+    """Exponential backoff with jitter: base·2^(n-1), capped, then a random point in its upper half."""
+    ceiling: float = min(settings.RETRY_MAX_SECONDS, settings.RETRY_BASE_SECONDS * 2 ** (attempts - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        outbox: Outbox,
+        settings: Settings,
+        *,
+        connection_factory: Callable[[Settings], SmtpConnection] = SmtpConnection,
+    ) -> None:
+        self.outbox = outbox
+        self.settings = settings
+        self.connection_factory = connection_factory
+        self.inflight = 0
+        self._ready: asyncio.Queue[Notification | None] = asyncio.Queue(maxsize=settings.SEND_CONCURRENCY)
+        self._wake = asyncio.Event()
+        self._claimer: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        recovered = await self.outbox.recover()
+        if recovered:
+            log.warning("notifications_recovered", count=recovered, reason="left sending by a previous process")
+        self._workers = [
+            asyncio.create_task(self._work_forever(), name=f"dispatcher-worker-{number}")
+            for number in range(self.settings.SEND_CONCURRENCY)
+        ]
+        self._claimer = asyncio.create_task(self._claim_forever(), name="dispatcher-claimer")
+        log.info("dispatcher_started", workers=self.settings.SEND_CONCURRENCY)
+
+    def notify(self, notification_id: str) -> None:
+        """A notification was just accepted: wake the claimer (cheap; called from a background task)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming, give back what no worker started, let in-flight sends finish within the grace."""
+        self._stopping = True
+        if self._claimer is not None:
+            # Not cancelled: a claim cancelled mid-way would still commit in the outbox's thread, and the rows
+            # it took would be stranded in `sending`. Woken instead, the claimer finishes its claim and returns.
+            self._wake.set()
+            await self._claimer
+        unstarted = []
+        while not self._ready.empty():
+            notification = self._ready.get_nowait()
+            if notification is not None:
+                unstarted.append(notification.id)
+        if unstarted:
+            with contextlib.suppress(OutboxUnavailable):
+                await self.outbox.release(unstarted)
+        for _ in self._workers:
+            self._ready.put_nowait(None)
+        if self._workers:
+            _done, pending = await asyncio.wait(self._workers, timeout=self.settings.SHUTDOWN_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                log.warning("dispatcher_sends_interrupted", count=len(pending))
+        log.info("dispatcher_stopped", released=len(unstarted))
+
+    # -- claiming -----------------------------------------------------------------------------------------
+
+    async def _claim_forever(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            room = self._ready.maxsize - self._ready.qsize()
+            try:
+                claimed = await self.outbox.claim(room, time.time()) if room > 0 else []
+                next_due = None if claimed else await self.outbox.next_due_at()
+                failures = 0
+            except OutboxUnavailable as exc:
+                failures += 1
+                log.error("outbox_claim_failed", error=str(exc))
+                await asyncio.sleep(min(POLL_SECONDS, 0.1 * 2**failures))
+                continue
+            for notification in claimed:
+                self._ready.put_nowait(notification)
+            if claimed:
+                if len(claimed) == room:
+                    # The queue is full: wait until a worker takes one (it wakes us) before claiming more.
+                    await self._wake.wait()
+                continue
+            timeout = POLL_SECONDS if next_due is None else min(POLL_SECONDS, max(0.0, next_due - time.time()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    # -- sending ------------------------------------------------------------------------------------------
+
+    async def _work_forever(self) -> None:
+        connection = self.connection_factory(self.settings)
+        try:
+            while True:
+                notification = await self._ready.get()
+                if notification is None:
+                    return
+                self._wake.set()
+                self.inflight += 1
+                try:
+                    await self._deliver(connection, notification)
+                finally:
+                    self.inflight -= 1
+        finally:
+            if self._stopping and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                await connection.quit()
+            else:
+                connection.close()
+
+    async def _deliver(self, connection: SmtpConnection, notification: Notification) -> None:
+        with structlog.contextvars.bound_contextvars(
+            notification_id=notification.id, request_id=notification.request_id
+        ):
+            log.info("notification_sending", attempt=notification.attempts)
+            started = time.perf_counter()
+            try:
+                delivery = await connection.send(notification)
+            except DeliveryFailed as failure:
+                await self._record_failure(notification, failure)
+                return
+            except asyncio.CancelledError:
+                # Shutdown ran out of grace mid-send: whether the server took it is unknown, so it goes back
+                # to the queue and may be sent twice (at-least-once), rather than being lost.
+                await asyncio.shield(
+                    self._record(
+                        self.outbox.mark_retry(
+                            notification.id,
+                            error="interrupted by shutdown",
+                            next_attempt_at=time.time(),
+                            now=time.time(),
+                        )
+                    )
+                )
+                raise
+            await self._record(
+                self.outbox.mark_sent(
+                    notification.id, smtp_reply=delivery.smtp_reply, refused=delivery.refused, now=time.time()
+                )
+            )
+            log.info(
+                "notification_sent",
+                attempts=notification.attempts,
+                smtp_reply=delivery.smtp_reply,
+                refused=delivery.refused or None,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+    async def _record_failure(self, notification: Notification, failure: DeliveryFailed) -> None:
+        now = time.time()
+        if failure.transient and notification.attempts < self.settings.MAX_ATTEMPTS:
+            delay = retry_delay(notification.attempts, self.settings)
+            await self._record(
+                self.outbox.mark_retry(notification.id, error=failure.reason, next_attempt_at=now + delay, now=now)
+            )
+            # The claimer may be asleep until a later due time (or the slow poll): let it see this one.
+            self._wake.set()
+            log.warning(
+                "notification_retry_scheduled",
+                attempts=notification.attempts,
+                error=failure.reason,
+                retry_in_seconds=round(delay, 3),
+            )
+            return
+        reason = failure.reason
+        if failure.transient:
+            reason = f"gave up after {notification.attempts} attempts: {failure.reason}"
+        await self._record(self.outbox.mark_failed(notification.id, error=reason, refused=failure.refused, now=now))
+        log.error(
+            "notification_failed",
+            attempts=notification.attempts,
+            error=reason,
+            permanent=not failure.transient,
+            refused=failure.refused or None,
+        )
+
+    async def _record(self, write: Awaitable[None]) -> None:
+        """Write a delivery outcome to the outbox; a failed write is logged, never raised into the worker."""
+        try:
+            await write
+        except OutboxUnavailable as exc:
+            # The row stays `sending`; the next start puts it back in the queue (a possible duplicate,
+            # never a loss). Logged loudly because it means the disk or the database is in trouble.
+            log.error("outbox_write_failed", error=str(exc))

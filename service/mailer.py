@@ -1,0 +1,226 @@
+"""The mailer: builds the e-mail for a notification and sends it over one persistent aiosmtplib connection.
+
+It also decides what an SMTP failure means: transient (4xx, connection refused or lost, timeouts — try
+again later) or permanent (5xx — the server will never take this mail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate, parseaddr
+from typing import Any
+
+import aiosmtplib
+import structlog
+
+from service.config import Settings
+from service.outbox import Notification
+
+log = structlog.get_logger("service.mailer")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The server took the mail (for at least one recipient)."""
+
+    smtp_reply: str
+    refused: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DeliveryFailed(Exception):
+    def __init__(self, reason: str, *, transient: bool, refused: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+        self.refused = refused or []
+
+
+def addr_spec(address: str) -> str:
+    """`Name <user@example.com>` → `user@example.com`, for the SMTP envelope."""
+    return parseaddr(address)[1]
+
+
+def build_message(notification: Notification, mail_from: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = ", ".join(notification.to)
+    if notification.cc:
+        message["Cc"] = ", ".join(notification.cc)
+    # Bcc recipients are only in the envelope, never in a header.
+    if notification.reply_to:
+        message["Reply-To"] = notification.reply_to
+    message["Subject"] = notification.subject
+    message["Date"] = formatdate(notification.created_at, usegmt=True)
+    # Fixed when the notification is accepted, so a retried or duplicated send carries the same id.
+    message["Message-ID"] = notification.message_id
+    if notification.text is not None:
+        message.set_content(notification.text)
+        if notification.html is not None:
+            message.add_alternative(notification.html, subtype="html")
+    elif notification.html is not None:
+        message.set_content(notification.html, subtype="html")
+    return message
+
+
+def envelope_recipients(notification: Notification) -> list[str]:
+    seen: dict[str, str] = {}
+    for address in notification.recipients:
+        spec = addr_spec(address)
+        seen.setdefault(spec.lower(), spec)
+    return list(seen.values())
+
+
+def _refused(errors: dict[str, aiosmtplib.SMTPResponse]) -> list[dict[str, Any]]:
+    return [{"address": address, "code": reply.code, "message": reply.message} for address, reply in errors.items()]
+
+
+def _describe(code: int, message: str) -> str:
+    return f"{code} {message}".strip()
+
+
+def classify(exc: BaseException) -> DeliveryFailed:
+    """Turn what went wrong during a send into a DeliveryFailed that says whether to try again."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        refused = [{"address": r.recipient, "code": r.code, "message": r.message} for r in exc.recipients]
+        transient = any(400 <= r.code < 500 for r in exc.recipients)
+        reason = "all recipients refused: " + "; ".join(
+            f"{r.recipient}: {_describe(r.code, r.message)}" for r in exc.recipients
+        )
+        return DeliveryFailed(reason, transient=transient, refused=refused)
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(exc, aiosmtplib.SMTPConnectError):
+        return DeliveryFailed(_describe(exc.code, exc.message), transient=not 500 <= exc.code < 600)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return DeliveryFailed(f"not supported by the server: {exc}", transient=False)
+    if isinstance(exc, TimeoutError):
+        return DeliveryFailed(f"timed out: {exc}" if str(exc) else "timed out", transient=True)
+    if isinstance(exc, (aiosmtplib.SMTPException, OSError)):
+        return DeliveryFailed(f"{type(exc).__name__}: {exc}", transient=True)
+    if isinstance(exc, ValueError):
+        return DeliveryFailed(f"unsendable: {exc}", transient=False)
+    raise exc
+
+
+class SmtpConnection:
+    """One SMTP session kept open across messages; reconnects when the server has dropped it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        smtp = aiosmtplib.SMTP(
+            hostname=s.SMTP_HOST,
+            port=s.SMTP_PORT,
+            use_tls=s.SMTP_TLS,
+            start_tls=s.SMTP_STARTTLS,
+            timeout=s.SMTP_TIMEOUT_SECONDS,
+            username=s.SMTP_USERNAME,
+            password=s.SMTP_PASSWORD.get_secret_value() if s.SMTP_PASSWORD else None,
+        )
+        try:
+            await smtp.connect()
+        except aiosmtplib.SMTPResponseException as exc:
+            # Refused at greeting, EHLO or AUTH: a problem of the connection, not of this mail.
+            smtp.close()
+            raise DeliveryFailed(f"connect: {_describe(exc.code, exc.message)}", transient=True) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            smtp.close()
+            raise DeliveryFailed(f"connect to {s.SMTP_HOST}:{s.SMTP_PORT}: {exc}", transient=True) from exc
+        log.debug("smtp_connected", host=s.SMTP_HOST, port=s.SMTP_PORT)
+        return smtp
+
+    async def send(self, notification: Notification) -> Delivery:
+        """Send within SEND_TIMEOUT_SECONDS; raise DeliveryFailed saying whether a retry may help."""
+        message = build_message(notification, self.settings.MAIL_FROM)
+        sender = addr_spec(self.settings.MAIL_FROM)
+        recipients = envelope_recipients(notification)
+        try:
+            async with asyncio.timeout(self.settings.SEND_TIMEOUT_SECONDS):
+                return await self._send(message, sender, recipients)
+        except TimeoutError as exc:
+            # Mid-session state is unknown after a deadline: never reuse this connection.
+            self.close()
+            raise DeliveryFailed(
+                f"no answer from the SMTP server within {self.settings.SEND_TIMEOUT_SECONDS:g}s",
+                transient=True,
+            ) from exc
+
+    async def open(self) -> None:
+        if not self.is_open:
+            self.close()
+            self._smtp = await self._connect()
+
+    async def _send(self, message: EmailMessage, sender: str, recipients: list[str]) -> Delivery:
+        reused = self.is_open
+        await self.open()
+        assert self._smtp is not None
+        try:
+            errors, reply = await self._smtp.send_message(message, sender=sender, recipients=recipients)
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            self.close()
+            if not reused:
+                raise classify(exc) from exc
+            # The server closed a kept-open connection (idle timeout): one fresh try, not an attempt.
+            self._smtp = await self._connect()
+            try:
+                errors, reply = await self._smtp.send_message(message, sender=sender, recipients=recipients)
+            except Exception as retry_exc:
+                self._close_if_broken(retry_exc)
+                raise classify(retry_exc) from retry_exc
+        except Exception as exc:
+            self._close_if_broken(exc)
+            raise classify(exc) from exc
+        return Delivery(smtp_reply=f"250 {reply}", refused=_refused(errors))
+
+    def _close_if_broken(self, exc: BaseException) -> None:
+        if not isinstance(exc, (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused)):
+            self.close()
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+
+    async def quit(self) -> None:
+        """Say goodbye politely when the server is still there; never wait long for it."""
+        if self.is_open and self._smtp is not None:
+            try:
+                async with asyncio.timeout(2):
+                    await self._smtp.quit()
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                pass
+        self.close()
+
+
+class SmtpProbe:
+    """Readiness check of the SMTP server: connect and QUIT, the answer kept for a few seconds."""
+
+    def __init__(self, settings: Settings, *, ttl_seconds: float = 5.0) -> None:
+        self.settings = settings
+        self.ttl_seconds = ttl_seconds
+        self._checked_at = -1e9
+        self._ok = False
+        self._lock = asyncio.Lock()
+
+    async def check(self) -> bool:
+        async with self._lock:
+            if time.monotonic() - self._checked_at < self.ttl_seconds:
+                return self._ok
+            connection = SmtpConnection(self.settings)
+            try:
+                async with asyncio.timeout(min(self.settings.SMTP_TIMEOUT_SECONDS, 3.0)):
+                    await connection.open()
+                    self._ok = True
+            except (DeliveryFailed, TimeoutError):
+                self._ok = False
+            await connection.quit()
+            self._checked_at = time.monotonic()
+            return self._ok

@@ -1,0 +1,130 @@
+"""The outbox: where an accepted notification lives, on disk, from the 202 until it is sent or failed.
+
+One interface (`Outbox`) and its implementations; SQL lives in the implementations and nowhere else.
+The dispatcher and the routes only ever talk to this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+QUEUED = "queued"
+SENDING = "sending"
+SENT = "sent"
+FAILED = "failed"
+STATUSES = (QUEUED, SENDING, SENT, FAILED)
+
+
+@dataclass(slots=True)
+class Notification:
+    """One notification as the outbox stores it: the mail's content and its delivery state."""
+
+    id: str
+    to: list[str]
+    subject: str
+    message_id: str
+    created_at: float
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    reply_to: str | None = None
+    text: str | None = None
+    html: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    request_id: str | None = None
+    status: str = QUEUED
+    attempts: int = 0
+    last_error: str | None = None
+    smtp_reply: str | None = None
+    refused_recipients: list[dict[str, Any]] = field(default_factory=list)
+    updated_at: float = 0.0
+    sent_at: float | None = None
+    next_attempt_at: float = 0.0
+    # Position in the outbox, assigned on insert: orders listings and makes cursors.
+    seq: int | None = None
+
+    @property
+    def recipients(self) -> list[str]:
+        return [*self.to, *self.cc, *self.bcc]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Notification]
+    next_cursor: str | None
+
+
+class OutboxUnavailable(Exception):
+    """The outbox cannot be read or written (disk full, file gone, database down)."""
+
+
+class Outbox(abc.ABC):
+    """A durable store of notifications. Every method that returns has made its change durable."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema and make the store ready."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def add(self, notifications: Sequence[Notification]) -> None:
+        """Store new notifications (`queued`, due now) in one transaction; returns once they are on disk."""
+
+    @abc.abstractmethod
+    async def get(self, notification_id: str) -> Notification | None: ...
+
+    @abc.abstractmethod
+    async def page(self, *, status: str | None, limit: int, cursor: str | None) -> Page:
+        """Notifications newest first; `cursor` is the `next_cursor` of the previous page."""
+
+    @abc.abstractmethod
+    async def recover(self) -> int:
+        """At start: put back to `queued` what a previous process left `sending`. Returns how many."""
+
+    @abc.abstractmethod
+    async def claim(self, limit: int, now: float) -> list[Notification]:
+        """Take up to `limit` due `queued` notifications, oldest due first: `sending`, one attempt more."""
+
+    @abc.abstractmethod
+    async def release(self, notification_ids: Sequence[str]) -> None:
+        """Give back claimed notifications that were never tried: `queued`, the attempt not counted."""
+
+    @abc.abstractmethod
+    async def mark_sent(
+        self, notification_id: str, *, smtp_reply: str, refused: list[dict[str, Any]], now: float
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def mark_retry(self, notification_id: str, *, error: str, next_attempt_at: float, now: float) -> None:
+        """A transient failure: back to `queued`, due again at `next_attempt_at`."""
+
+    @abc.abstractmethod
+    async def mark_failed(
+        self, notification_id: str, *, error: str, refused: list[dict[str, Any]], now: float
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
+        """A `failed` notification back to `queued` with its attempts reset; None unless it was `failed`."""
+
+    @abc.abstractmethod
+    async def next_due_at(self) -> float | None:
+        """When the earliest `queued` notification is due, or None when nothing waits."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The number of the last schema migration applied."""
+
+    @abc.abstractmethod
+    async def check_writable(self) -> None:
+        """Raise OutboxUnavailable unless a write goes through now."""
+
+
+def open_outbox(settings: Any) -> Outbox:
+    from service.outbox.sqlite import SqliteOutbox
+
+    return SqliteOutbox(settings.OUTBOX_PATH, synchronous=settings.OUTBOX_SYNCHRONOUS)

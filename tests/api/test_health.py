@@ -1,0 +1,50 @@
+"""Liveness and readiness, with the SMTP server up, down, and the outbox locked."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tests.conftest import Service, make_settings, running
+
+
+async def test_live_answers_while_the_process_serves(service: Service) -> None:
+    response = await service.client.get("/health/live")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "pass"}
+
+
+async def test_ready_passes_with_smtp_and_outbox_working(service: Service) -> None:
+    response = await service.client.get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "pass", "checks": {"outbox": "pass", "smtp": "pass"}}
+
+
+async def test_ready_warns_while_smtp_is_unreachable_and_mail_is_still_accepted(
+    tmp_path: Path, unreachable_port: int
+) -> None:
+    async with running(make_settings(tmp_path, unreachable_port)) as service:
+        response = await service.client.get("/health/ready")
+        accepted = await service.client.post(
+            "/v1/notifications", json={"to": ["a@example.com"], "subject": "s", "text": "t"}
+        )
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "warn", "checks": {"outbox": "pass", "smtp": "fail"}}
+    assert accepted.status_code == 202
+
+
+async def test_ready_fails_with_503_when_the_outbox_cannot_be_written(service: Service, tmp_path: Path) -> None:
+    blocker = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        response = await service.client.get("/health/ready")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    assert response.status_code == 503
+    assert response.json()["status"] == "fail"
+    assert response.json()["checks"]["outbox"] == "fail"

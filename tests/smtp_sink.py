@@ -1,0 +1,109 @@
+"""A real SMTP server for tests: aiosmtpd in its own thread, recording every mail it takes.
+
+Fault cases are scripted on the handler: replies to hand out for the next DATA commands, recipients to
+refuse, a stall before answering, connections to drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    # aiosmtpd's Controller cannot bind port 0 (it connects to the port it was given to check readiness).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.data_replies: deque[str] = deque()
+        self.refuse: dict[str, str] = {}
+        self.stall_next_data = 0
+        self.stall_seconds = 0.0
+        self.delay_seconds = 0.0
+        self.drop_next_data = 0
+        self._lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self._lock:
+            stall = self.stall_next_data > 0
+            self.stall_next_data -= stall
+        if stall:
+            # A server that goes quiet: by the time it would answer, the client has given up.
+            await asyncio.sleep(self.stall_seconds)
+            return "451 4.4.2 took too long"
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
+        with self._lock:
+            if self.drop_next_data:
+                self.drop_next_data -= 1
+                server.transport.close()
+                return "421 closing"
+            if self.data_replies:
+                return self.data_replies.popleft()
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted for delivery"
+
+
+class SmtpSink:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.handler = RecordingHandler()
+        self._controller: Controller | None = None
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    def start(self) -> SmtpSink:
+        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def to(self, address: str) -> list[Received]:
+        return [r for r in self.received if address in r.rcpt_tos]
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"SMTP sink got {len(self.received)} mails, expected {count}")
+            await asyncio.sleep(0.02)
+        return self.received
