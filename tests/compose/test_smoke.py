@@ -44,7 +44,8 @@ def answers(client: httpx.Client, url: str) -> bool:
 def find_in_mailhog(client: httpx.Client, address: str) -> dict[str, str] | None:
     """Subject and raw body of the newest mail to `address`; None while there is none. Mailpit as a fallback."""
     response = client.get(f"{MAILHOG_URL}/api/v2/search", params={"kind": "to", "query": address})
-    if response.status_code == 200 and "items" in (body := response.json()):
+    is_json = response.headers.get("content-type", "").startswith("application/json")
+    if response.status_code == 200 and is_json and "items" in (body := response.json()):
         if not body["items"]:
             return None
         content: dict[str, Any] = body["items"][0]["Content"]
