@@ -31,3 +31,20 @@ lint: install ## ruff (lint and format check) and mypy --strict on service/
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+
+# --- Docker Compose: the service beside MailHog (docker-compose.yml) ------------------------------------------------
+COMPOSE ?= docker compose
+
+.PHONY: up down logs smoke
+
+up: ## build and start the service beside MailHog; returns when both are healthy (inbox: http://localhost:8025)
+	$(COMPOSE) up -d --build --wait
+
+down: ## stop the stack; the outbox volume stays (`docker compose down -v` wipes it)
+	$(COMPOSE) down
+
+logs: ## follow the stack's logs
+	$(COMPOSE) logs -f --tail=100
+
+smoke: install ## post a notification to the running stack and find it in MailHog (NOTIFIER_URL, MAILHOG_URL)
+	$(RUN) pytest -m compose -s tests/compose

@@ -1,0 +1,88 @@
+"""Against the running stack (`make up`, then `make smoke`): a notification posted to the service shows up in the
+mail inbox. `make test` skips it unless the stack answers; `make smoke` (pytest -m compose) fails instead.
+
+NOTIFIER_URL and MAILHOG_URL point it at another host. The inbox may be MailHog or Mailpit (their APIs differ).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+NOTIFIER_URL = os.environ.get("NOTIFIER_URL", "http://localhost:8000").rstrip("/")
+MAILHOG_URL = os.environ.get("MAILHOG_URL", "http://localhost:8025").rstrip("/")
+DEADLINE_SECONDS = 30.0
+
+pytestmark = pytest.mark.compose
+
+
+@pytest.fixture
+def client(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=5.0) as client:
+        down = [url for url in (f"{NOTIFIER_URL}/health/live", MAILHOG_URL) if not answers(client, url)]
+        if down:
+            message = f"compose stack not answering at {', '.join(down)}: run `make up` first"
+            if "compose" in (request.config.getoption("markexpr") or ""):
+                pytest.fail(message)
+            pytest.skip(message)
+        yield client
+
+
+def answers(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def find_in_mailhog(client: httpx.Client, address: str) -> dict[str, str] | None:
+    """Subject and raw body of the newest mail to `address`; None while there is none. Mailpit as a fallback."""
+    response = client.get(f"{MAILHOG_URL}/api/v2/search", params={"kind": "to", "query": address})
+    is_json = response.headers.get("content-type", "").startswith("application/json")
+    if response.status_code == 200 and is_json and "items" in (body := response.json()):
+        if not body["items"]:
+            return None
+        content: dict[str, Any] = body["items"][0]["Content"]
+        return {"subject": content["Headers"]["Subject"][0], "body": content["Body"]}
+    # Mailpit: search, then fetch the message for its parsed text and HTML.
+    found = client.get(f"{MAILHOG_URL}/api/v1/search", params={"query": f"to:{address}"})
+    found.raise_for_status()
+    messages = found.json()["messages"]
+    if not messages:
+        return None
+    message = client.get(f"{MAILHOG_URL}/api/v1/message/{messages[0]['ID']}").raise_for_status().json()
+    return {"subject": message["Subject"], "body": message["Text"] + message["HTML"]}
+
+
+def test_a_notification_arrives_in_the_inbox(client: httpx.Client) -> None:
+    token = uuid.uuid4().hex[:12]
+    address = f"smoke-{token}@example.com"
+    subject = f"Smoke test {token}"
+    response = client.post(
+        f"{NOTIFIER_URL}/v1/notifications",
+        json={"to": [address], "subject": subject, "text": f"Hello from the smoke test {token}."},
+    )
+    assert response.status_code == 202, response.text
+    notification_id = response.json()["id"]
+
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while (mail := find_in_mailhog(client, address)) is None:
+        if time.monotonic() > deadline:
+            status = client.get(f"{NOTIFIER_URL}/v1/notifications/{notification_id}").json()
+            pytest.fail(f"no mail to {address} in {DEADLINE_SECONDS:.0f}s; the notification says: {status}")
+        time.sleep(0.2)
+
+    assert mail["subject"] == subject
+    assert f"Hello from the smoke test {token}." in mail["body"]
+    status = client.get(f"{NOTIFIER_URL}/v1/notifications/{notification_id}").json()
+    assert status["status"] == "sent", status
+    print(
+        f"\nsmoke: mail to {address} arrived; see it at {MAILHOG_URL} (search for {token}),"
+        f" its status at {NOTIFIER_URL}/v1/notifications/{notification_id}"
+    )
