@@ -43,3 +43,22 @@ async def test_request_latency_excludes_background_work(settings: Settings) -> N
     assert value(samples, "http_request_duration_seconds_count", **labels) == 3
     # Had the background work been timed, the sum would be at least the work's own time.
     assert value(samples, "http_request_duration_seconds_sum", **labels) < sum(background_seconds)
+
+
+async def test_a_request_that_crashes_is_counted_as_5xx(settings: Settings) -> None:
+    app = create_app(settings)
+
+    async def crash() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/crash", crash)
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app, raise_app_exceptions=False), base_url="http://service"
+        ) as client,
+    ):
+        assert (await client.get("/crash")).status_code == 500
+        samples = parse((await client.get("/metrics")).text)
+
+    assert value(samples, "http_requests_total", method="GET", route="/crash", status_class="5xx") == 1

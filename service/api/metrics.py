@@ -22,7 +22,7 @@ router = APIRouter(tags=["monitoring"])
     responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "Prometheus text format"}},
     summary="Prometheus metrics of this process, and of the outbox it shares with other replicas",
 )
-async def metrics(metrics: MetricsDep, outbox: OutboxDep) -> Response:
+async def scrape(metrics: MetricsDep, outbox: OutboxDep) -> Response:
     try:
         # Read at scrape time: kept counts and one index lookup, whatever the size of the outbox.
         metrics.set_queue_gauges(await outbox.queue_gauges(), time.time())
