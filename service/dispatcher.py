@@ -17,6 +17,7 @@ import structlog
 
 from service.config import Settings
 from service.mailer import DeliveryFailed, SmtpConnection
+from service.metrics import Metrics
 from service.outbox import Notification, Outbox, OutboxUnavailable
 
 log = structlog.get_logger("service.dispatcher")
@@ -39,11 +40,14 @@ class Dispatcher:
         settings: Settings,
         *,
         connection_factory: Callable[[Settings], SmtpConnection] = SmtpConnection,
+        metrics: Metrics | None = None,
     ) -> None:
         self.outbox = outbox
         self.settings = settings
-        self.connection_factory = connection_factory
+        self.metrics = metrics or Metrics()
+        self.connection_factory = self.metrics.track_connections(connection_factory)
         self.inflight = 0
+        self.metrics.watch_inflight(lambda: self.inflight)
         self._ready: asyncio.Queue[Notification | None] = asyncio.Queue(maxsize=settings.SEND_CONCURRENCY)
         self._wake = asyncio.Event()
         self._claimer: asyncio.Task[None] | None = None
@@ -150,6 +154,7 @@ class Dispatcher:
             try:
                 delivery = await connection.send(notification)
             except DeliveryFailed as failure:
+                self.metrics.observe_send(time.perf_counter() - started, failure)
                 await self._record_failure(notification, failure)
                 return
             except asyncio.CancelledError:
@@ -166,6 +171,7 @@ class Dispatcher:
                     )
                 )
                 raise
+            self.metrics.observe_send(time.perf_counter() - started)
             await self._record(
                 self.outbox.mark_sent(
                     notification.id, smtp_reply=delivery.smtp_reply, refused=delivery.refused, now=time.time()
@@ -199,6 +205,7 @@ class Dispatcher:
         if failure.transient:
             reason = f"gave up after {notification.attempts} attempts: {failure.reason}"
         await self._record(self.outbox.mark_failed(notification.id, error=reason, refused=failure.refused, now=now))
+        self.metrics.count_failed(permanent=not failure.transient)
         log.error(
             "notification_failed",
             attempts=notification.attempts,

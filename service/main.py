@@ -12,11 +12,12 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
-from service.api import health, notifications, tutorial
+from service.api import health, metrics, notifications, stats, tutorial
 from service.config import Settings, load_settings
 from service.dispatcher import Dispatcher
 from service.logging import RequestIdMiddleware, configure_logging
 from service.mailer import SmtpProbe
+from service.metrics import HttpMetricsMiddleware, Metrics
 from service.outbox import open_outbox
 
 log = structlog.get_logger("service")
@@ -25,12 +26,13 @@ log = structlog.get_logger("service")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings)
+    app_metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         outbox = open_outbox(settings)
         await outbox.open()
-        dispatcher = Dispatcher(outbox, settings)
+        dispatcher = Dispatcher(outbox, settings, metrics=app_metrics)
         app.state.outbox = outbox
         app.state.dispatcher = dispatcher
         app.state.smtp_probe = SmtpProbe(settings)
@@ -54,10 +56,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = app_metrics
     app.include_router(notifications.router)
     app.include_router(health.router)
     app.include_router(tutorial.router)
+    app.include_router(stats.router)
+    app.include_router(metrics.router)
     app.add_middleware(RequestIdMiddleware)
+    # Outermost, so that its clock covers the other middleware too.
+    app.add_middleware(HttpMetricsMiddleware, metrics=app_metrics)
     return app
 
 

@@ -116,3 +116,32 @@ class ReadinessChecks(BaseModel):
 class Readiness(BaseModel):
     status: Literal["pass", "warn", "fail"]
     checks: ReadinessChecks
+
+
+class StatusCounts(BaseModel):
+    queued: int
+    sending: int
+    sent: int
+    failed: int
+
+
+class SentInMinute(BaseModel):
+    minute: datetime = Field(description="Start of the minute (UTC); the last entry is the current minute")
+    sent: int
+
+
+class RecentError(BaseModel):
+    id: str
+    status: Status = Field(description="queued or sending: being retried; failed: given up")
+    attempts: int
+    error: str
+    at: datetime
+    request_id: str | None
+
+
+class QueueStats(BaseModel):
+    generated_at: datetime
+    counts: StatusCounts
+    oldest_queued_age_seconds: float | None = Field(description="null when nothing waits")
+    sent_per_minute: list[SentInMinute]
+    recent_errors: list[RecentError] = Field(description="Newest first")

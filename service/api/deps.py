@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from service.config import Settings
 from service.dispatcher import Dispatcher
 from service.mailer import SmtpProbe
+from service.metrics import Metrics
 from service.outbox import Outbox
 
 
@@ -36,3 +37,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 SmtpProbeDep = Annotated[SmtpProbe, Depends(get_smtp_probe)]
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

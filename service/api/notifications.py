@@ -85,6 +85,7 @@ async def accept(
 ) -> None:
     """The one way in: on disk first, then (after the response is sent) a hand-off to the dispatcher."""
     await outbox.add([notification])
+    dispatcher.metrics.notifications_accepted.inc()
     notification.updated_at = notification.created_at
     notification.next_attempt_at = notification.created_at
     with structlog.contextvars.bound_contextvars(notification_id=notification.id):
@@ -158,6 +159,7 @@ async def retry_notification(
             f"notification {notification_id} is {existing.status}; only a failed notification can be retried",
         )
     with structlog.contextvars.bound_contextvars(notification_id=notification.id):
-        log.info("notification_requeued")
+        # Under the retry request's own id; the original one too, so one grep still finds the whole life.
+        log.info("notification_requeued", original_request_id=notification.request_id)
     background.add_task(dispatcher.notify, notification.id)
     return to_status(notification)

@@ -56,6 +56,34 @@ class Page:
     next_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class QueueGauges:
+    """What a metrics scrape reads: cheap at any table size (kept counts and one index lookup)."""
+
+    counts: dict[str, int]
+    oldest_queued_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEntry:
+    """A notification whose last attempt failed: retrying (`queued`/`sending`) or `failed`."""
+
+    notification_id: str
+    status: str
+    attempts: int
+    error: str
+    at: float
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    gauges: QueueGauges
+    # (start of the minute as UNIX seconds, mail sent in it), oldest first, the current minute last.
+    sent_per_minute: list[tuple[float, int]]
+    recent_errors: list[ErrorEntry]
+
+
 class OutboxUnavailable(Exception):
     """The outbox cannot be read or written (disk full, file gone, database down)."""
 
@@ -114,6 +142,17 @@ class Outbox(abc.ABC):
     @abc.abstractmethod
     async def next_due_at(self) -> float | None:
         """When the earliest `queued` notification is due, or None when nothing waits."""
+
+    # Not abstract, so that a store written before these existed still starts; it must add them for
+    # /metrics and /v1/stats to answer (they are computed from the store so that replicas sharing one
+    # database agree).
+    async def queue_gauges(self) -> QueueGauges:
+        """Notifications per status and when the oldest queued one was accepted, without a table scan."""
+        raise NotImplementedError(f"{type(self).__name__} has no queue_gauges()")
+
+    async def queue_stats(self, now: float, *, minutes: int, errors: int) -> QueueStats:
+        """The gauges, mail sent per minute over the last `minutes` and the `errors` latest errors."""
+        raise NotImplementedError(f"{type(self).__name__} has no queue_stats()")
 
     @abc.abstractmethod
     async def schema_version(self) -> int:

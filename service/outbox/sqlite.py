@@ -22,10 +22,14 @@ from service.outbox import (
     QUEUED,
     SENDING,
     SENT,
+    STATUSES,
+    ErrorEntry,
     Notification,
     Outbox,
     OutboxUnavailable,
     Page,
+    QueueGauges,
+    QueueStats,
 )
 
 T = TypeVar("T")
@@ -355,3 +359,62 @@ class SqliteOutbox(Outbox):
                 db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
         await self._run(heartbeat)
+
+    # -- the operator's view (migration 0003) ---------------------------------------------------------
+
+    @staticmethod
+    def _gauges(db: sqlite3.Connection) -> QueueGauges:
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update(db.execute("SELECT status, count FROM notification_counts").fetchall())
+        # seq follows acceptance order, so the (status, seq) index finds the oldest queued row at once.
+        row = db.execute(
+            f"SELECT created_at FROM notifications WHERE status = '{QUEUED}' ORDER BY seq LIMIT 1"
+        ).fetchone()
+        return QueueGauges(counts=counts, oldest_queued_at=row[0] if row else None)
+
+    async def queue_gauges(self) -> QueueGauges:
+        return await self._run(self._gauges)
+
+    async def queue_stats(self, now: float, *, minutes: int, errors: int) -> QueueStats:
+        current_minute = int(now // 60)
+        first_minute = current_minute - minutes + 1
+
+        def stats(db: sqlite3.Connection) -> QueueStats:
+            # One read transaction: the counts, the per-minute series and the errors are one snapshot.
+            db.execute("BEGIN")
+            try:
+                gauges = self._gauges(db)
+                sent = dict(
+                    db.execute(
+                        "SELECT CAST(sent_at / 60 AS INTEGER) AS minute, count(*) FROM notifications"
+                        " WHERE sent_at IS NOT NULL AND sent_at >= :since GROUP BY minute",
+                        {"since": first_minute * 60.0},
+                    ).fetchall()
+                )
+                rows = db.execute(
+                    "SELECT id, status, attempts, last_error, updated_at, request_id FROM notifications"
+                    f" WHERE last_error IS NOT NULL AND status <> '{SENT}'"
+                    " ORDER BY updated_at DESC LIMIT :limit",
+                    {"limit": errors},
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return QueueStats(
+                gauges=gauges,
+                sent_per_minute=[
+                    (minute * 60.0, sent.get(minute, 0)) for minute in range(first_minute, current_minute + 1)
+                ],
+                recent_errors=[
+                    ErrorEntry(
+                        notification_id=row["id"],
+                        status=row["status"],
+                        attempts=row["attempts"],
+                        error=row["last_error"],
+                        at=row["updated_at"],
+                        request_id=row["request_id"],
+                    )
+                    for row in rows
+                ],
+            )
+
+        return await self._run(stats)

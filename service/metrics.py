@@ -1,0 +1,180 @@
+"""Prometheus metrics: every metric object of the service, the few calls that move them, and the HTTP
+middleware that times requests.
+
+Each app has its own CollectorRegistry: tests build many apps in one process, and the global default
+registry would refuse the second set of metrics with the same names.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.outbox import STATUSES
+
+if TYPE_CHECKING:
+    from service.mailer import DeliveryFailed
+    from service.outbox import QueueGauges
+
+# One SMTP transaction is milliseconds on a LAN and seconds through a busy relay; SEND_TIMEOUT_SECONDS
+# (30 s by default) bounds it.
+SMTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# An accept is one group commit to disk: a few milliseconds, more under load or on a slow disk.
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Anything else a client sends as a method is counted as OTHER, so it cannot blow up the label's values.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
+
+C = TypeVar("C")
+
+# No `*_created` series beside every counter and histogram: Prometheus' text format doesn't need them and
+# they double what is stored. A process-wide switch, idempotent.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class Metrics:
+    """The metric objects of one app, and the calls the routes and the dispatcher make at each transition."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.notifications_accepted = Counter(
+            "notifications_accepted", "Notifications accepted (on disk, answered 202).", registry=r
+        )
+        self.notifications_sent = Counter("notifications_sent", "Notifications the SMTP server took.", registry=r)
+        self.notifications_failed = Counter(
+            "notifications_failed",
+            "Notifications that ended failed: a permanent refusal, or MAX_ATTEMPTS transient failures.",
+            ["reason"],
+            registry=r,
+        )
+        self.send_attempts = Counter(
+            "notification_send_attempts", "Send attempts by their outcome.", ["result"], registry=r
+        )
+        self.smtp_send_duration = Histogram(
+            "smtp_send_duration_seconds",
+            "Time of one send attempt, connecting included when the connection had to be opened.",
+            buckets=SMTP_BUCKETS,
+            registry=r,
+        )
+        self.outbox_notifications = Gauge(
+            "outbox_notifications", "Notifications in the outbox per status (all replicas).", ["status"], registry=r
+        )
+        self.outbox_oldest_queued_age = Gauge(
+            "outbox_oldest_queued_age_seconds",
+            "Age of the oldest queued notification (waiting or waiting for a retry); 0 when none waits.",
+            registry=r,
+        )
+        self.dispatcher_inflight = Gauge("dispatcher_inflight", "Sends in progress in this process.", registry=r)
+        self.smtp_connections_open = Gauge(
+            "smtp_connections_open", "SMTP connections this process holds open.", registry=r
+        )
+        self.http_requests = Counter(
+            "http_requests", "HTTP requests answered.", ["method", "route", "status_class"], registry=r
+        )
+        self.http_request_duration = Histogram(
+            "http_request_duration_seconds",
+            "From the request to the last byte of the response; background work after it is not included.",
+            ["method", "route", "status_class"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        # Every label value from the start, so a rate() sees the first increment and dashboards show 0.
+        for reason in ("permanent", "attempts_exhausted"):
+            self.notifications_failed.labels(reason=reason)
+        for result in ("sent", "transient_error", "permanent_error"):
+            self.send_attempts.labels(result=result)
+        for status in STATUSES:
+            self.outbox_notifications.labels(status=status)
+        self._connections: weakref.WeakSet[object] = weakref.WeakSet()
+        self.smtp_connections_open.set_function(
+            lambda: sum(1 for connection in self._connections if getattr(connection, "is_open", False))
+        )
+
+    # -- the dispatcher's transitions ---------------------------------------------------------------------
+
+    def observe_send(self, seconds: float, failure: DeliveryFailed | None = None) -> None:
+        """One send attempt ended: taken by the server (no failure), or refused / broken."""
+        self.smtp_send_duration.observe(seconds)
+        if failure is None:
+            self.send_attempts.labels(result="sent").inc()
+            self.notifications_sent.inc()
+        else:
+            self.send_attempts.labels(result="transient_error" if failure.transient else "permanent_error").inc()
+
+    def count_failed(self, *, permanent: bool) -> None:
+        self.notifications_failed.labels(reason="permanent" if permanent else "attempts_exhausted").inc()
+
+    def watch_inflight(self, read: Callable[[], int]) -> None:
+        self.dispatcher_inflight.set_function(read)
+
+    def track_connections(self, factory: Callable[..., C]) -> Callable[..., C]:
+        """Wrap a connection factory so that `smtp_connections_open` counts what it made and is open."""
+
+        def make(*args: object, **kwargs: object) -> C:
+            connection = factory(*args, **kwargs)
+            self._connections.add(connection)
+            return connection
+
+        return make
+
+    # -- the outbox ---------------------------------------------------------------------------------------
+
+    def set_queue_gauges(self, gauges: QueueGauges, now: float) -> None:
+        for status, count in gauges.counts.items():
+            self.outbox_notifications.labels(status=status).set(count)
+        oldest = gauges.oldest_queued_at
+        self.outbox_oldest_queued_age.set(0.0 if oldest is None else max(0.0, now - oldest))
+
+    # -- HTTP ---------------------------------------------------------------------------------------------
+
+    def observe_request(self, scope: Scope, status: int, seconds: float) -> None:
+        method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"
+        # The route's template (`/v1/notifications/{notification_id}`), never the raw path: one series per
+        # route, not one per notification id.
+        route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+        labels = {"method": method, "route": route, "status_class": f"{status // 100}xx"}
+        self.http_requests.labels(**labels).inc()
+        self.http_request_duration.labels(**labels).observe(seconds)
+
+
+class HttpMetricsMiddleware:
+    """Counts and times requests per route template and status class.
+
+    The clock stops at the last `http.response.body` message, not when the app returns: Starlette runs a
+    route's BackgroundTasks inside the response call, after the body is sent, and that work is not latency
+    the client sees.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        observed = False
+
+        async def send_timed(message: Message) -> None:
+            nonlocal status, observed
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and not observed:
+                observed = True
+                self.metrics.observe_request(scope, status, time.perf_counter() - started)
+
+        try:
+            await self.app(scope, receive, send_timed)
+        finally:
+            # The app raised before answering (the server's error middleware answers 500) or the client left.
+            if not observed:
+                self.metrics.observe_request(scope, status, time.perf_counter() - started)
