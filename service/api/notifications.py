@@ -114,6 +114,8 @@ async def accept(
                 },
             }
         },
+        # FastAPI's own answer to a body it cannot decode as text (not UTF-8) before any JSON parsing.
+        400: {"model": ErrorDetail, "description": "The body could not be read as JSON text"},
         409: {"model": ErrorDetail, "description": "A request with the same Idempotency-Key is still in progress"},
         **LIMIT_RESPONSES,
     },
