@@ -81,6 +81,8 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"every key must be at least {MIN_API_KEY_LENGTH} printable ASCII characters without spaces"
                 )
+            if key.startswith(("replace-with", "change-me", "changeme")):
+                raise ValueError("a key is still the example's placeholder: make one with `openssl rand -hex 32`")
         return value
 
     def api_keys(self) -> list[str]:

@@ -95,7 +95,7 @@ class BodyLimitMiddleware:
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": too_large_detail(self.max_bytes)}).encode()
+        body = json.dumps({"detail": too_large_detail(self.max_bytes)}, separators=(",", ":")).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -48,6 +48,14 @@ def test_a_bad_api_key_is_refused_at_start_without_echoing_it(api_keys: str) -> 
         assert part not in line
 
 
+def test_the_examples_placeholder_key_is_refused() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, API_KEYS="replace-with-openssl-rand-hex-32")  # type: ignore[call-arg]
+    [line] = describe_errors(caught.value)
+    assert "placeholder" in line
+    assert "replace-with-openssl" not in line
+
+
 @pytest.fixture
 def auth_smtp_server() -> Iterator[int]:
     """An SMTP server that offers AUTH on a plain connection and refuses every login."""

@@ -95,3 +95,19 @@ def test_the_api_answers_as_its_schema_says(case: schemathesis.Case, fuzzed_serv
 @settings(max_examples=5, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_without_a_key_every_answer_is_still_declared(case: schemathesis.Case, fuzzed_service: str) -> None:
     case.call_and_validate(base_url=fuzzed_service, checks=CHECKS, timeout=10)
+
+
+def test_over_the_wire_a_large_body_is_413_whether_declared_or_chunked(fuzzed_service: str) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(64):
+            yield b"x" * 1024
+
+    with httpx.Client(base_url=fuzzed_service, headers=headers, timeout=10) as client:
+        declared = client.post("/v1/notifications", content=b"x" * 5000)
+        chunked = client.post("/v1/notifications", content=chunks())
+
+    assert declared.status_code == chunked.status_code == 413
+    assert "MAX_BODY_BYTES=4096" in declared.json()["detail"]
+    assert "MAX_BODY_BYTES=4096" in chunked.json()["detail"]
