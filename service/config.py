@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SECRET_FIELDS = frozenset({"SMTP_PASSWORD"})
+SECRET_FIELDS = frozenset({"SMTP_PASSWORD", "API_KEYS"})
+# Shortest API key accepted: a guessable key is no key.
+MIN_API_KEY_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -53,6 +55,39 @@ class Settings(BaseSettings):
     LOG_FORMAT: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a TTY, JSON lines otherwise."
     )
+
+    # Protection: who may call, how big a request may be, how much may wait, how long a retry is recognised
+    API_KEYS: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated bearer keys for /v1 and the tutorial routes; empty leaves the API open.",
+    )
+    MAX_BODY_BYTES: int = Field(
+        1_048_576, ge=1024, description="Largest request body; checked while it streams, before it is parsed."
+    )
+    QUEUE_LIMIT: int = Field(
+        100_000, ge=1, description="Most notifications not yet sent (queued + sending); past it POST answers 429."
+    )
+    IDEMPOTENCY_TTL_HOURS: float = Field(
+        24.0, gt=0, le=24 * 365, description="How long an Idempotency-Key and its first answer are remembered."
+    )
+
+    @field_validator("API_KEYS")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr) -> SecretStr:
+        # The message never echoes a key: describe_errors() leaves SECRET_FIELDS' input out too.
+        for key in value.get_secret_value().split(","):
+            key = key.strip()
+            if key and (len(key) < MIN_API_KEY_LENGTH or not key.isascii() or not key.isprintable() or " " in key):
+                raise ValueError(
+                    f"every key must be at least {MIN_API_KEY_LENGTH} printable ASCII characters without spaces"
+                )
+            if key.startswith(("replace-with", "change-me", "changeme")):
+                raise ValueError("a key is still the example's placeholder: make one with `openssl rand -hex 32`")
+        return value
+
+    def api_keys(self) -> list[str]:
+        """The configured API keys; an empty list means the API is open."""
+        return [key.strip() for key in self.API_KEYS.get_secret_value().split(",") if key.strip()]
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:

@@ -6,19 +6,24 @@ Run it with `uvicorn service.main:app`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from service.api import health, metrics, notifications, stats, tutorial
+from service.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.config import Settings, load_settings
 from service.dispatcher import Dispatcher
+from service.idempotency import Idempotency
+from service.limits import LIMIT_RESPONSES, BodyLimitMiddleware, queue_full_handler
 from service.logging import RequestIdMiddleware, configure_logging
 from service.mailer import SmtpProbe
 from service.metrics import HttpMetricsMiddleware, Metrics
-from service.outbox import open_outbox
+from service.outbox import QueueFull, open_outbox
 
 log = structlog.get_logger("service")
 
@@ -36,15 +41,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.outbox = outbox
         app.state.dispatcher = dispatcher
         app.state.smtp_probe = SmtpProbe(settings)
+        idempotency = Idempotency(outbox, settings.IDEMPOTENCY_TTL_HOURS * 3600)
+        app.state.idempotency = idempotency
+        sweeper = asyncio.create_task(idempotency.sweep_expired_forever(), name="idempotency-sweeper")
         await dispatcher.start()
         log.info(
             "service_started",
             outbox=str(settings.OUTBOX_PATH),
             smtp=f"{settings.SMTP_HOST}:{settings.SMTP_PORT}",
         )
+        if not settings.api_keys():
+            log.warning(
+                "auth_disabled",
+                detail="API_KEYS is empty: anyone who can reach this service can send mail through it;"
+                " set API_KEYS to require `Authorization: Bearer <key>`",
+            )
         try:
             yield
         finally:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
             await dispatcher.stop()
             await outbox.close()
             log.info("service_stopped")
@@ -57,11 +74,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = app_metrics
-    app.include_router(notifications.router)
+    # Everything but health and metrics needs an API key when API_KEYS is set.
+    guarded: dict[str, Any] = {
+        "dependencies": [Depends(require_api_key)],
+        "responses": {**UNAUTHORIZED_RESPONSE, **LIMIT_RESPONSES},
+    }
+    app.include_router(notifications.router, **guarded)
+    app.include_router(stats.router, **guarded)
+    app.include_router(tutorial.router, **guarded)
     app.include_router(health.router)
-    app.include_router(tutorial.router)
-    app.include_router(stats.router)
     app.include_router(metrics.router)
+    app.add_exception_handler(QueueFull, queue_full_handler)
+    # Inside the request-id middleware, so a 413 carries X-Request-ID too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so that its clock covers the other middleware too.
     app.add_middleware(HttpMetricsMiddleware, metrics=app_metrics)

@@ -15,14 +15,22 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 Status = Literal["queued", "sending", "sent", "failed"]
 
-_HEADER_BREAKERS = re.compile(r"[\r\n\x00]")
+# CR, LF and NUL, and every other character Python's str.splitlines() breaks a line at (VT, FF, FS, GS, RS,
+# NEL, U+2028, U+2029) or that is a control character: the email package refuses such a header value when
+# the mail is built, long after the 202, so they are refused here instead. Tab stays allowed.
+_HEADER_BREAKERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# An RFC 2047 encoded word. Python's email package (3.11, 3.12) decodes one when a header is set from a string
+# and writes what it decoded raw: "=?utf-8?q?hi=0D=0ABcc:_x@y?=" in a subject became a Bcc header. Refused.
+_ENCODED_WORD = re.compile(r"=\?.*\?=", re.DOTALL)
 _DISPLAY_NAME_FORM = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<addr>[^<>]*)>\s*$", re.DOTALL)
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def reject_header_breakers(value: str) -> str:
     if _HEADER_BREAKERS.search(value):
-        raise ValueError("must not contain CR, LF or NUL characters")
+        raise ValueError("must not contain CR, LF, NUL or other control or line-separator characters")
+    if _ENCODED_WORD.search(value):
+        raise ValueError("must not contain an RFC 2047 encoded word (`=?charset?q?...?=`); send the text as it is")
     return value
 
 
@@ -145,3 +153,9 @@ class QueueStats(BaseModel):
     oldest_queued_age_seconds: float | None = Field(description="null when nothing waits")
     sent_per_minute: list[SentInMinute]
     recent_errors: list[RecentError] = Field(description="Newest first")
+
+
+class ErrorDetail(BaseModel):
+    """The body of 401, 409, 413 and 429 answers: what went wrong and what to do."""
+
+    detail: str

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from service.config import Settings
 from service.dispatcher import Dispatcher
+from service.idempotency import Idempotency
 from service.mailer import SmtpProbe
 from service.metrics import Metrics
 from service.outbox import Outbox
@@ -33,6 +34,11 @@ def get_smtp_probe(request: Request) -> SmtpProbe:
     return probe
 
 
+def get_idempotency(request: Request) -> Idempotency:
+    idempotency: Idempotency = request.app.state.idempotency
+    return idempotency
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
@@ -45,3 +51,4 @@ def get_metrics(request: Request) -> Metrics:
 
 
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

@@ -11,12 +11,14 @@ import structlog
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from service.api.deps import DispatcherDep, OutboxDep, SettingsDep
+from service.api.deps import DispatcherDep, IdempotencyDep, OutboxDep, SettingsDep
 from service.config import Settings
 from service.dispatcher import Dispatcher
+from service.idempotency import IdempotencyKeyHeader, taken_elsewhere
+from service.limits import LIMIT_RESPONSES
 from service.mailer import addr_spec
-from service.outbox import Notification, Outbox
-from service.schemas import NotificationPage, NotificationRequest, NotificationStatus, Status
+from service.outbox import IdempotencyKeyTaken, IdempotencyRecord, Notification, Outbox
+from service.schemas import ErrorDetail, NotificationPage, NotificationRequest, NotificationStatus, Status
 
 log = structlog.get_logger("service.api")
 
@@ -81,13 +83,17 @@ def new_notification(request: NotificationRequest, settings: Settings, request_i
 
 
 async def accept(
-    notification: Notification, outbox: Outbox, dispatcher: Dispatcher, background: BackgroundTasks
+    notification: Notification,
+    outbox: Outbox,
+    dispatcher: Dispatcher,
+    background: BackgroundTasks,
+    *,
+    idempotency: IdempotencyRecord | None = None,
 ) -> None:
-    """The one way in: on disk first, then (after the response is sent) a hand-off to the dispatcher."""
-    await outbox.add([notification])
+    """The one way in: on disk first (with its Idempotency-Key's record, if any, in the same transaction),
+    then (after the response is sent) a hand-off to the dispatcher."""
+    await outbox.add([notification], idempotency=idempotency)
     dispatcher.metrics.notifications_accepted.inc()
-    notification.updated_at = notification.created_at
-    notification.next_attempt_at = notification.created_at
     with structlog.contextvars.bound_contextvars(notification_id=notification.id):
         log.info("notification_accepted", recipients=len(notification.recipients))
     background.add_task(dispatcher.notify, notification.id)
@@ -98,21 +104,52 @@ async def accept(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=NotificationStatus,
     summary="Accept a notification: stored on disk, then sent in the background",
-    responses={202: {"headers": {"Location": {"description": "URL of the status object"}}}},
+    responses={
+        202: {
+            "headers": {
+                "Location": {"description": "URL of the status object", "schema": {"type": "string"}},
+                "Idempotent-Replayed": {
+                    "description": "`true` when this is the stored answer to an earlier request with the same"
+                    " Idempotency-Key",
+                    "schema": {"type": "string"},
+                },
+            }
+        },
+        # FastAPI's own answer to a body it cannot decode as text (not UTF-8) before any JSON parsing.
+        400: {"model": ErrorDetail, "description": "The body could not be read as JSON text"},
+        409: {"model": ErrorDetail, "description": "A request with the same Idempotency-Key is still in progress"},
+        **LIMIT_RESPONSES,
+    },
 )
 async def create_notification(
     body: NotificationRequest,
     request: Request,
-    response: Response,
     background: BackgroundTasks,
     outbox: OutboxDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
-) -> NotificationStatus:
-    notification = new_notification(body, settings, request.state.request_id)
-    await accept(notification, outbox, dispatcher, background)
-    response.headers["Location"] = f"/v1/notifications/{notification.id}"
-    return to_status(notification)
+    idempotency: IdempotencyDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    async with idempotency.begin(request, idempotency_key, body) as claim:
+        if claim.replay is not None:
+            return claim.replay
+        notification = new_notification(body, settings, request.state.request_id)
+        # The answer is fixed before the commit: it is stored with the notification for replays.
+        notification.updated_at = notification.next_attempt_at = notification.created_at
+        answer = to_status(notification).model_dump_json().encode()
+        headers = {"Location": f"/v1/notifications/{notification.id}"}
+        try:
+            await accept(
+                notification,
+                outbox,
+                dispatcher,
+                background,
+                idempotency=claim.record(status.HTTP_202_ACCEPTED, answer, headers),
+            )
+        except IdempotencyKeyTaken:
+            raise taken_elsewhere(claim.key or "") from None
+        return Response(answer, status.HTTP_202_ACCEPTED, headers, media_type="application/json")
 
 
 @router.get("", response_model=NotificationPage, summary="List notifications, newest first")

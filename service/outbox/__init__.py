@@ -84,8 +84,40 @@ class QueueStats:
     recent_errors: list[ErrorEntry]
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """An Idempotency-Key and the answer given to its first request, stored with that request's notifications.
+
+    `scope` separates callers (one per API key), `fingerprint` identifies the request the key was first used
+    with; `body` and `headers` are replayed as they were, with `status_code`.
+    """
+
+    scope: str
+    key: str
+    fingerprint: str
+    status_code: int
+    body: bytes
+    headers: dict[str, str]
+    created_at: float
+    expires_at: float
+
+
 class OutboxUnavailable(Exception):
     """The outbox cannot be read or written (disk full, file gone, database down)."""
+
+
+class QueueFull(Exception):
+    """Taking these notifications would put more than the queue limit in the outbox unsent."""
+
+    def __init__(self, unsent: int, limit: int, adding: int) -> None:
+        super().__init__(f"{unsent} notifications wait to be sent; adding {adding} would pass the limit of {limit}")
+        self.unsent = unsent
+        self.limit = limit
+        self.adding = adding
+
+
+class IdempotencyKeyTaken(Exception):
+    """Another request stored this Idempotency-Key first (a race between processes): nothing was added."""
 
 
 class Outbox(abc.ABC):
@@ -99,8 +131,25 @@ class Outbox(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def add(self, notifications: Sequence[Notification]) -> None:
-        """Store new notifications (`queued`, due now) in one transaction; returns once they are on disk."""
+    async def add(self, notifications: Sequence[Notification], *, idempotency: IdempotencyRecord | None = None) -> None:
+        """Store new notifications (`queued`, due now) in one transaction; returns once they are on disk.
+
+        With `idempotency`, the key's record is committed in the same transaction, so neither exists without
+        the other. Raises QueueFull (nothing added) when the queue limit would be passed, and
+        IdempotencyKeyTaken (nothing added) when the key is already stored and not expired.
+        """
+
+    @abc.abstractmethod
+    async def count_unsent(self) -> int:
+        """Notifications `queued` or `sending`: cheap enough to ask on every request (no table scan)."""
+
+    @abc.abstractmethod
+    async def get_idempotency(self, scope: str, key: str, now: float) -> IdempotencyRecord | None:
+        """The stored record of an Idempotency-Key, or None when unknown or expired."""
+
+    @abc.abstractmethod
+    async def sweep_idempotency(self, now: float) -> int:
+        """Forget expired Idempotency-Keys. Returns how many."""
 
     @abc.abstractmethod
     async def get(self, notification_id: str) -> Notification | None: ...
@@ -166,4 +215,8 @@ class Outbox(abc.ABC):
 def open_outbox(settings: Any) -> Outbox:
     from service.outbox.sqlite import SqliteOutbox
 
-    return SqliteOutbox(settings.OUTBOX_PATH, synchronous=settings.OUTBOX_SYNCHRONOUS)
+    return SqliteOutbox(
+        settings.OUTBOX_PATH,
+        synchronous=settings.OUTBOX_SYNCHRONOUS,
+        queue_limit=getattr(settings, "QUEUE_LIMIT", None),
+    )

@@ -3,6 +3,10 @@
 sqlite3 blocks, so every statement runs on a single dedicated thread, never on the event loop. Inserts are
 group-committed: the requests that arrive while a commit is on disk are written together in the next
 transaction, and each request is answered only after the transaction holding its row has committed.
+
+The number of notifications not yet sent is counted once at open and then kept in memory, changed only on
+the outbox thread right after each commit, so the queue limit is checked exactly without a count per request.
+That count is this process's: one process owns one outbox file.
 """
 
 from __future__ import annotations
@@ -24,15 +28,21 @@ from service.outbox import (
     SENT,
     STATUSES,
     ErrorEntry,
+    IdempotencyKeyTaken,
+    IdempotencyRecord,
     Notification,
     Outbox,
     OutboxUnavailable,
     Page,
+    QueueFull,
     QueueGauges,
     QueueStats,
 )
 
 T = TypeVar("T")
+
+# What one add() asks for: its notifications, maybe an idempotency record, and the future that answers it.
+_Insert = tuple[Sequence[Notification], IdempotencyRecord | None]
 
 # How long a statement waits for another connection's write lock before it fails.
 BUSY_TIMEOUT_MS = 30_000
@@ -98,12 +108,15 @@ def _from_row(row: sqlite3.Row) -> Notification:
 
 
 class SqliteOutbox(Outbox):
-    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL", queue_limit: int | None = None) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
+        self.queue_limit = queue_limit
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        self._pending: list[tuple[Sequence[Notification], asyncio.Future[None]]] = []
+        # Notifications queued or sending; written only on the outbox thread, after a commit.
+        self._unsent = 0
+        self._pending: list[tuple[_Insert, asyncio.Future[None]]] = []
         self._pending_added = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -138,6 +151,10 @@ class SqliteOutbox(Outbox):
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        # The one count: an index range over notifications_due, not a scan of sent mail.
+        self._unsent = db.execute(
+            f"SELECT count(*) FROM notifications WHERE status IN ('{QUEUED}', '{SENDING}')"
+        ).fetchone()[0]
         self._db = db
 
     async def close(self) -> None:
@@ -181,9 +198,9 @@ class SqliteOutbox(Outbox):
 
     # -- accepting ----------------------------------------------------------------------------------------
 
-    async def add(self, notifications: Sequence[Notification]) -> None:
+    async def add(self, notifications: Sequence[Notification], *, idempotency: IdempotencyRecord | None = None) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((notifications, future))
+        self._pending.append(((notifications, idempotency), future))
         self._pending_added.set()
         await future
 
@@ -197,29 +214,106 @@ class SqliteOutbox(Outbox):
     async def _write_batch(self) -> None:
         batch, self._pending = self._pending, []
         try:
-            await self._run(self._insert_groups, [group for group, _ in batch])
+            refusals = await self._run(self._insert_groups, [insert for insert, _ in batch])
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
         else:
-            for _, future in batch:
-                if not future.done():
+            for (_, future), refusal in zip(batch, refusals, strict=True):
+                if future.done():
+                    continue
+                if refusal is None:
                     future.set_result(None)
+                else:
+                    future.set_exception(refusal)
 
-    def _insert_groups(self, db: sqlite3.Connection, groups: list[Sequence[Notification]]) -> None:
-        def insert_all(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
-                " created_at, updated_at, next_attempt_at) VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?)",
-                [
-                    (n.id, _content(n), n.message_id, n.request_id, n.created_at, n.created_at, n.created_at)
-                    for group in groups
-                    for n in group
-                ],
+    def _insert_groups(self, db: sqlite3.Connection, inserts: list[_Insert]) -> list[Exception | None]:
+        """One transaction for all; a group refused (queue full, key taken) is skipped, the others go in."""
+        now = time.time()
+
+        def insert_all(db: sqlite3.Connection) -> tuple[int, list[Exception | None]]:
+            unsent = self._unsent
+            refusals: list[Exception | None] = []
+            for notifications, idempotency in inserts:
+                if self.queue_limit is not None and unsent + len(notifications) > self.queue_limit:
+                    refusals.append(QueueFull(unsent, self.queue_limit, len(notifications)))
+                    continue
+                if idempotency is not None and not self._insert_idempotency(db, idempotency, now):
+                    refusals.append(IdempotencyKeyTaken(idempotency.key))
+                    continue
+                db.executemany(
+                    "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
+                    " created_at, updated_at, next_attempt_at) VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?)",
+                    [
+                        (n.id, _content(n), n.message_id, n.request_id, n.created_at, n.created_at, n.created_at)
+                        for n in notifications
+                    ],
+                )
+                unsent += len(notifications)
+                refusals.append(None)
+            return unsent, refusals
+
+        self._unsent, refusals = self._transaction(db, insert_all)
+        return refusals
+
+    @staticmethod
+    def _insert_idempotency(db: sqlite3.Connection, record: IdempotencyRecord, now: float) -> bool:
+        """False when the key is stored and not expired; an expired one is overwritten."""
+        return (
+            db.execute(
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, status_code, body, headers, created_at,"
+                " expires_at) VALUES (:scope, :key, :fingerprint, :status_code, :body, :headers, :created_at,"
+                " :expires_at)"
+                " ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+                " status_code = excluded.status_code, body = excluded.body, headers = excluded.headers,"
+                " created_at = excluded.created_at, expires_at = excluded.expires_at"
+                " WHERE idempotency_keys.expires_at <= :now",
+                {
+                    "scope": record.scope,
+                    "key": record.key,
+                    "fingerprint": record.fingerprint,
+                    "status_code": record.status_code,
+                    "body": record.body,
+                    "headers": json.dumps(record.headers),
+                    "created_at": record.created_at,
+                    "expires_at": record.expires_at,
+                    "now": now,
+                },
+            ).rowcount
+            == 1
+        )
+
+    async def count_unsent(self) -> int:
+        return self._unsent
+
+    async def get_idempotency(self, scope: str, key: str, now: float) -> IdempotencyRecord | None:
+        def get(db: sqlite3.Connection) -> IdempotencyRecord | None:
+            row = db.execute(
+                "SELECT scope, key, fingerprint, status_code, body, headers, created_at, expires_at"
+                " FROM idempotency_keys WHERE scope = ? AND key = ? AND expires_at > ?",
+                (scope, key, now),
+            ).fetchone()
+            if row is None:
+                return None
+            return IdempotencyRecord(
+                scope=row["scope"],
+                key=row["key"],
+                fingerprint=row["fingerprint"],
+                status_code=row["status_code"],
+                body=bytes(row["body"]),
+                headers=json.loads(row["headers"]),
+                created_at=row["created_at"],
+                expires_at=row["expires_at"],
             )
 
-        self._transaction(db, insert_all)
+        return await self._run(get)
+
+    async def sweep_idempotency(self, now: float) -> int:
+        def sweep(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,)).rowcount
+
+        return await self._run(lambda db: self._transaction(db, sweep))
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -300,10 +394,24 @@ class SqliteOutbox(Outbox):
     async def _update(self, sql: str, params: dict[str, Any]) -> None:
         await self._run(lambda db: self._transaction(db, lambda db: db.execute(sql, params)))
 
+    async def _finish(self, sql: str, params: dict[str, Any]) -> None:
+        """An update that may end a notification's wait (sent, failed): the unsent count follows it."""
+
+        def finish(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT status FROM notifications WHERE id = :id", params).fetchone()
+            db.execute(sql, params)
+            return row is not None and row[0] in (QUEUED, SENDING)
+
+        def finish_and_count(db: sqlite3.Connection) -> None:
+            if self._transaction(db, finish):
+                self._unsent -= 1
+
+        await self._run(finish_and_count)
+
     async def mark_sent(
         self, notification_id: str, *, smtp_reply: str, refused: list[dict[str, Any]], now: float
     ) -> None:
-        await self._update(
+        await self._finish(
             f"UPDATE notifications SET status = '{SENT}', smtp_reply = :reply, refused = :refused,"
             " sent_at = :now, updated_at = :now WHERE id = :id",
             {
@@ -322,7 +430,7 @@ class SqliteOutbox(Outbox):
         )
 
     async def mark_failed(self, notification_id: str, *, error: str, refused: list[dict[str, Any]], now: float) -> None:
-        await self._update(
+        await self._finish(
             f"UPDATE notifications SET status = '{FAILED}', last_error = :error, refused = :refused,"
             " updated_at = :now WHERE id = :id",
             {
@@ -342,7 +450,13 @@ class SqliteOutbox(Outbox):
             ).fetchone()
             return _from_row(row) if row else None
 
-        return await self._run(lambda db: self._transaction(db, requeue))
+        def requeue_and_count(db: sqlite3.Connection) -> Notification | None:
+            notification = self._transaction(db, requeue)
+            if notification is not None:
+                self._unsent += 1
+            return notification
+
+        return await self._run(requeue_and_count)
 
     async def check_writable(self) -> None:
         now = time.time()
