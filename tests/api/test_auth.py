@@ -32,6 +32,7 @@ PROTECTED = [
     ("GET", "/v1/notifications"),
     ("GET", "/v1/notifications/some-id"),
     ("POST", "/v1/notifications/some-id/retry"),
+    ("GET", "/v1/stats"),
     ("POST", "/send-notification/ada@example.com"),
     ("POST", "/email/ada@example.com"),
 ]
@@ -71,12 +72,13 @@ async def test_a_valid_key_is_let_in_and_health_needs_none(guarded: Settings, sm
             accepted = await client.post("/v1/notifications", json=MAIL, headers=bearer("first-key-0123456789abcdef"))
             tutorial = await client.post("/email/ada@example.com", headers=bearer("second-key-0123456789abcdef"))
             live = await client.get("/health/live")
+            scrape = await client.get("/metrics")
             ready = await client.get("/health/ready")
             await smtp_sink.wait_for(2)
 
     assert accepted.status_code == 202
     assert tutorial.status_code == 200
-    assert live.status_code == ready.status_code == 200
+    assert live.status_code == ready.status_code == scrape.status_code == 200
     names = [e["event"] for e in events]
     assert "service_started" in names
     assert "notification_accepted" in names
