@@ -54,6 +54,18 @@ class Settings(BaseSettings):
         "auto", description="auto: console on a TTY, JSON lines otherwise."
     )
 
+    # Templates, batches and CSV mail-merge jobs
+    TEMPLATES_DIR: Path = Field(
+        Path("config/templates"),
+        description="Folder of mail templates: <name>/subject.txt, body.txt and optional body.html. Loaded at start.",
+    )
+    BATCH_LIMIT: int = Field(100, ge=1, le=10_000, description="Most notifications in one batch request.")
+    MAX_UPLOAD_BYTES: int = Field(50 * 1024 * 1024, ge=1, description="Largest CSV a mail-merge job accepts.")
+    JOBS_DIR: Path = Field(Path("data/jobs"), description="Where uploaded mail-merge CSV files are kept.")
+    JOB_CHUNK_ROWS: int = Field(
+        500, ge=1, le=10_000, description="CSV rows turned into notifications per outbox transaction."
+    )
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         if self.SMTP_TLS and self.SMTP_STARTTLS:

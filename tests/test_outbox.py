@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.outbox import Notification, Outbox, OutboxUnavailable
-from service.outbox.sqlite import SqliteOutbox
+from service.outbox.sqlite import SqliteOutbox, _migrations
 
 
 def notification(**overrides: object) -> Notification:
@@ -191,5 +191,6 @@ async def test_migrations_run_once_and_record_the_version(tmp_path: Path) -> Non
     for _ in range(2):
         store = SqliteOutbox(tmp_path / "outbox.sqlite3")
         await store.open()
-        assert await store.schema_version() == 1
+        # The newest migration's number, whichever branches added migrations.
+        assert await store.schema_version() == max(number for number, _ in _migrations())
         await store.close()

@@ -10,6 +10,7 @@ from service.config import Settings
 from service.dispatcher import Dispatcher
 from service.mailer import SmtpProbe
 from service.outbox import Outbox
+from service.templates import Templates
 
 
 def get_settings(request: Request) -> Settings:
@@ -32,7 +33,13 @@ def get_smtp_probe(request: Request) -> SmtpProbe:
     return probe
 
 
+def get_templates(request: Request) -> Templates:
+    templates: Templates = request.app.state.templates
+    return templates
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 SmtpProbeDep = Annotated[SmtpProbe, Depends(get_smtp_probe)]
+TemplatesDep = Annotated[Templates, Depends(get_templates)]

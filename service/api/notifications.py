@@ -11,7 +11,8 @@ import structlog
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from service.api.deps import DispatcherDep, OutboxDep, SettingsDep
+from service.api.deps import DispatcherDep, OutboxDep, SettingsDep, TemplatesDep
+from service.api.templates import render_request
 from service.config import Settings
 from service.dispatcher import Dispatcher
 from service.mailer import addr_spec
@@ -62,6 +63,7 @@ def new_notification(request: NotificationRequest, settings: Settings, request_i
                 }
             ]
         )
+    assert request.subject is not None, "a template request is rendered first: service.api.templates.render_request"
     notification_id = str(uuid.uuid4())
     domain = addr_spec(settings.MAIL_FROM).rpartition("@")[2] or "localhost"
     return Notification(
@@ -107,8 +109,9 @@ async def create_notification(
     outbox: OutboxDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
+    templates: TemplatesDep,
 ) -> NotificationStatus:
-    notification = new_notification(body, settings, request.state.request_id)
+    notification = new_notification(render_request(body, templates), settings, request.state.request_id)
     await accept(notification, outbox, dispatcher, background)
     response.headers["Location"] = f"/v1/notifications/{notification.id}"
     return to_status(notification)
