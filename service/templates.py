@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import structlog
 from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -130,7 +131,11 @@ def load_templates(folder: Path) -> Templates:
 
 
 def load_templates_or_exit(folder: Path) -> Templates:
-    """Templates for the app's start: a broken one stops it with one line, like a bad setting does."""
+    """Templates for the app's start: a broken one stops it with one line, like a bad setting does. A missing
+    folder only means no templates: plain notifications still work."""
+    if not folder.exists():
+        structlog.get_logger("service.templates").warning("templates_missing", templates_dir=str(folder))
+        return Templates({})
     try:
         return load_templates(folder)
     except TemplateLoadError as exc:

@@ -91,7 +91,7 @@ def _invalid(field: str, msg: str) -> RequestValidationError:
 
 
 def _too_large(limit: int) -> HTTPException:
-    return HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"the upload is over MAX_UPLOAD_BYTES={limit}")
+    return HTTPException(413, f"the upload is over MAX_UPLOAD_BYTES={limit}")
 
 
 class _Part:
