@@ -188,6 +188,9 @@ class JobRunner:
                 reason = f"internal error: {type(exc).__name__}: {exc}"
             status = DONE if reason is None else JOB_FAILED
             await self.store.finish(job.id, status=status, reason=reason, now=time.time())
+            # The upload holds people's data: once every row is in the outbox (or the job failed), it goes.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(Path(job.csv_path).unlink, missing_ok=True)
             log.info("job_finished", status=status, reason=reason)
 
     async def _process(self, job: Job) -> str | None:

@@ -52,6 +52,7 @@ async def test_a_job_sends_every_good_row_and_records_every_bad_one(tmp_path: Pa
         assert done["status"] == "done", done
         assert (done["total_rows"], done["accepted"], done["rejected"]) == (rows, len(good), len(bad_rows))
         assert done["finished_at"] is not None
+        assert list((tmp_path / "jobs").iterdir()) == [], "the upload outlived its job"
         assert [e["row"] for e in done["errors"]] == bad_rows[:100]
         reasons = {e["row"]: e["reason"] for e in done["errors"]}
         assert reasons[9].startswith("email: not a valid e-mail address")  # person7, the CSV's row 9
