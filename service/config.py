@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     JOB_CHUNK_ROWS: int = Field(
         500, ge=1, le=10_000, description="CSV rows turned into notifications per outbox transaction."
     )
+    JOB_MAX_QUEUED: int = Field(
+        1000,
+        ge=0,
+        description="A job pauses while this many of its notifications wait to be sent, so a big mail-merge"
+        " cannot push single notifications to the back of a long queue. 0: no limit.",
+    )
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:

@@ -31,6 +31,8 @@ log = structlog.get_logger("service.jobs")
 EMAIL_COLUMN = "email"
 # utf-8-sig: a byte-order mark, as spreadsheet programs write, is not part of the first column's name.
 CSV_ENCODING = "utf-8-sig"
+# How often a job paused by backpressure looks again whether the dispatcher has caught up.
+JOB_PAUSE_SECONDS = 0.25
 
 
 class CsvRejected(Exception):
@@ -193,6 +195,21 @@ class JobRunner:
                 await asyncio.to_thread(Path(job.csv_path).unlink, missing_ok=True)
             log.info("job_finished", status=status, reason=reason)
 
+    async def _wait_for_room(self, job: Job) -> None:
+        """Backpressure: the job's lead over the dispatcher stays under JOB_MAX_QUEUED notifications, so mail
+        accepted one by one meanwhile waits behind at most that many, not behind the rest of a 100k-row CSV."""
+        limit = self.settings.JOB_MAX_QUEUED
+        if not limit:
+            return
+        paused = False
+        while await self.store.waiting(job.id) >= limit:
+            if not paused:
+                log.info("job_paused", rows_done=job.rows_done, waiting_at_least=limit)
+                paused = True
+            await asyncio.sleep(JOB_PAUSE_SECONDS)
+        if paused:
+            log.info("job_continued", rows_done=job.rows_done)
+
     async def _process(self, job: Job) -> str | None:
         """Run a job to its end; returns why it failed, or None when every row is done."""
         template = self.templates.get(job.template)
@@ -212,6 +229,7 @@ class JobRunner:
         reader = await asyncio.to_thread(JobReader, job, template, self.settings)
         try:
             while True:
+                await self._wait_for_room(job)
                 try:
                     chunk = await asyncio.to_thread(reader.next_chunk, self.settings.JOB_CHUNK_ROWS)
                 except (UnicodeDecodeError, csv.Error) as exc:

@@ -61,6 +61,10 @@ class JobStore(abc.ABC):
         """Jobs to resume at start."""
 
     @abc.abstractmethod
+    async def waiting(self, job_id: str) -> int:
+        """How many of the job's notifications are not sent or failed yet."""
+
+    @abc.abstractmethod
     async def set_total(self, job_id: str, total_rows: int) -> None: ...
 
     @abc.abstractmethod
@@ -151,6 +155,15 @@ class SqliteJobStore(JobStore):
             return [_job(row) for row in rows]
 
         return await self.outbox._run(running)
+
+    async def waiting(self, job_id: str) -> int:
+        def waiting(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "SELECT count(*) FROM notifications WHERE job_id = ? AND status IN (?, ?)", (job_id, QUEUED, SENDING)
+            ).fetchone()
+            return int(row[0])
+
+        return await self.outbox._run(waiting)
 
     async def set_total(self, job_id: str, total_rows: int) -> None:
         await self.outbox._run(

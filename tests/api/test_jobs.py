@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Service, make_settings, running
+from tests.conftest import Service, captured_events, make_settings, running
 from tests.jobs_csv import good_addresses, is_bad_address, is_missing_name, people_csv
 from tests.smtp_sink import SmtpSink
 
@@ -40,7 +40,8 @@ async def test_a_job_sends_every_good_row_and_records_every_bad_one(tmp_path: Pa
     rows = 2000
     good = good_addresses(rows)
     bad_rows = [i + 2 for i in range(rows) if is_bad_address(i) or is_missing_name(i)]
-    settings = make_settings(tmp_path, smtp_sink.port, SEND_CONCURRENCY=8, JOBS_DIR=tmp_path / "jobs")
+    # JOB_MAX_QUEUED=0: the rows all go in at once; the pause has its own test below.
+    settings = make_settings(tmp_path, smtp_sink.port, SEND_CONCURRENCY=8, JOB_MAX_QUEUED=0, JOBS_DIR=tmp_path / "jobs")
     async with running(settings) as service:
         response = await upload(service, people_csv(rows))
 
@@ -58,13 +59,13 @@ async def test_a_job_sends_every_good_row_and_records_every_bad_one(tmp_path: Pa
         assert reasons[9].startswith("email: not a valid e-mail address")  # person7, the CSV's row 9
         assert "first_name" in reasons[5]  # person3, no first name
 
-        await smtp_sink.wait_for(len(good), timeout=60)
+        await smtp_sink.wait_for(len(good), timeout=120)
         received = [r.rcpt_tos[0] for r in smtp_sink.received]
         assert sorted(received) == sorted(good)
         message = smtp_sink.to("person1@example.com")[0].message
         assert message["Subject"] == "Welcome to Example, Person 1!"
         settled = await wait_for_job(service, job["id"], "done")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while settled["sent"] < len(good) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             settled = await wait_for_job(service, job["id"], "done")
@@ -180,3 +181,39 @@ async def test_a_decode_error_deep_in_the_file_fails_the_job_before_any_mail(
 async def test_an_unknown_job_is_a_404(service: Service) -> None:
     assert (await service.client.get("/v1/jobs/nope")).status_code == 404
     assert (await service.client.get("/v1/jobs/nope/errors.csv")).status_code == 404
+
+
+async def test_a_job_waits_while_its_mail_waits_and_goes_on_when_smtp_is_back(
+    tmp_path: Path, unreachable_port: int
+) -> None:
+    rows, limit, chunk = 300, 40, 10
+    good = good_addresses(rows)
+    settings = make_settings(
+        tmp_path,
+        unreachable_port,
+        JOB_MAX_QUEUED=limit,
+        JOB_CHUNK_ROWS=chunk,
+        MAX_ATTEMPTS=100,
+        JOBS_DIR=tmp_path / "j",
+    )
+    async with running(settings) as service:
+        with captured_events() as events:
+            job_id = (await upload(service, people_csv(rows))).json()["id"]
+            deadline = time.monotonic() + 20
+            while not any(e["event"] == "job_paused" for e in events):
+                assert time.monotonic() < deadline, "the job never paused"
+                await asyncio.sleep(0.02)
+
+            paused = (await service.client.get(f"/v1/jobs/{job_id}")).json()
+            assert paused["status"] == "running"
+            assert limit <= paused["queued"] < limit + chunk
+            assert paused["accepted"] == paused["queued"]
+
+            sink = SmtpSink(port=unreachable_port).start()
+            try:
+                done = await wait_for_job(service, job_id, "done", "failed")
+                assert (done["status"], done["accepted"]) == ("done", len(good))
+                await sink.wait_for(len(good), timeout=60)
+            finally:
+                sink.stop()
+        assert any(e["event"] == "job_continued" for e in events)
