@@ -32,6 +32,8 @@ WORKDIR /app
 # Code and venv stay owned by root: the service can write its outbox folder and nothing else.
 COPY --from=build /app/.venv /app/.venv
 COPY service ./service
+# The mail templates (TEMPLATES_DIR defaults to config/templates); mount over it to use your own.
+COPY config/templates ./config/templates
 # The outbox lives here (OUTBOX_PATH defaults to data/outbox.sqlite3). An empty named volume mounted on it
 # starts as a copy of this folder, owner included, so the non-root user can write to it.
 RUN mkdir -p /app/data && chown notifier:notifier /app/data

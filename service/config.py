@@ -89,6 +89,24 @@ class Settings(BaseSettings):
         """The configured API keys; an empty list means the API is open."""
         return [key.strip() for key in self.API_KEYS.get_secret_value().split(",") if key.strip()]
 
+    # Templates, batches and CSV mail-merge jobs
+    TEMPLATES_DIR: Path = Field(
+        Path("config/templates"),
+        description="Folder of mail templates: <name>/subject.txt, body.txt and optional body.html. Loaded at start.",
+    )
+    BATCH_LIMIT: int = Field(100, ge=1, le=10_000, description="Most notifications in one batch request.")
+    MAX_UPLOAD_BYTES: int = Field(50 * 1024 * 1024, ge=1, description="Largest CSV a mail-merge job accepts.")
+    JOBS_DIR: Path = Field(Path("data/jobs"), description="Where uploaded mail-merge CSV files are kept.")
+    JOB_CHUNK_ROWS: int = Field(
+        500, ge=1, le=10_000, description="CSV rows turned into notifications per outbox transaction."
+    )
+    JOB_MAX_QUEUED: int = Field(
+        1000,
+        ge=0,
+        description="A job pauses while this many of its notifications wait to be sent, so a big mail-merge"
+        " cannot push single notifications to the back of a long queue. 0: no limit.",
+    )
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         if self.SMTP_TLS and self.SMTP_STARTTLS:

@@ -14,16 +14,19 @@ from typing import Any
 import structlog
 from fastapi import Depends, FastAPI
 
-from service.api import health, metrics, notifications, stats, tutorial
+from service.api import batch, health, jobs, metrics, notifications, stats, templates, tutorial
 from service.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.config import Settings, load_settings
 from service.dispatcher import Dispatcher
 from service.idempotency import Idempotency
+from service.jobs import JobRunner
 from service.limits import LIMIT_RESPONSES, BodyLimitMiddleware, queue_full_handler
 from service.logging import RequestIdMiddleware, configure_logging
 from service.mailer import SmtpProbe
 from service.metrics import HttpMetricsMiddleware, Metrics
 from service.outbox import QueueFull, open_outbox
+from service.outbox.jobs import open_job_store
+from service.templates import load_templates_or_exit
 
 log = structlog.get_logger("service")
 
@@ -32,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings)
     app_metrics = Metrics()
+    mail_templates = load_templates_or_exit(settings.TEMPLATES_DIR)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.idempotency = idempotency
         sweeper = asyncio.create_task(idempotency.sweep_expired_forever(), name="idempotency-sweeper")
         await dispatcher.start()
+        job_store = open_job_store(outbox)
+        job_runner = JobRunner(job_store, mail_templates, settings, wake=lambda: dispatcher.notify("job"))
+        app.state.job_store = job_store
+        app.state.job_runner = job_runner
+        await job_runner.resume()
         log.info(
             "service_started",
             outbox=str(settings.OUTBOX_PATH),
@@ -62,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweeper.cancel()
             with suppress(asyncio.CancelledError):
                 await sweeper
+            await job_runner.stop()
             await dispatcher.stop()
             await outbox.close()
             log.info("service_stopped")
@@ -79,14 +89,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "dependencies": [Depends(require_api_key)],
         "responses": {**UNAUTHORIZED_RESPONSE, **LIMIT_RESPONSES},
     }
+    app.state.templates = mail_templates
+    # The batch router first: its path must win over /v1/notifications/{notification_id}.
+    app.include_router(batch.router, **guarded)
     app.include_router(notifications.router, **guarded)
+    app.include_router(templates.router, **guarded)
+    app.include_router(jobs.router, **guarded)
     app.include_router(stats.router, **guarded)
     app.include_router(tutorial.router, **guarded)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_exception_handler(QueueFull, queue_full_handler)
     # Inside the request-id middleware, so a 413 carries X-Request-ID too.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+    # The CSV upload streams to disk under its own MAX_UPLOAD_BYTES instead.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES, exempt=frozenset({jobs.UPLOAD_PATH}))
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so that its clock covers the other middleware too.
     app.add_middleware(HttpMetricsMiddleware, metrics=app_metrics)

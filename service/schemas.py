@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from email.headerregistry import Address
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -66,13 +66,27 @@ class NotificationRequest(BaseModel):
     cc: list[EmailAddress] = Field(default_factory=list)
     bcc: list[EmailAddress] = Field(default_factory=list)
     reply_to: EmailAddress | None = None
-    subject: Subject
+    subject: Subject | None = None
     text: str | None = Field(None, max_length=1_000_000)
     html: str | None = Field(None, max_length=1_000_000)
     metadata: dict[MetadataKey, Annotated[str, Field(max_length=1024)]] = Field(default_factory=dict, max_length=32)
+    # The other form: a template's name and its variables, rendered into subject/text/html before the 202.
+    template: str | None = Field(None, min_length=1, max_length=200, examples=["welcome"])
+    data: dict[str, Any] | None = Field(None, examples=[{"first_name": "Ada"}])
 
     @model_validator(mode="after")
     def _needs_a_body(self) -> NotificationRequest:
+        if self.template is not None:
+            given = [name for name in ("subject", "text", "html") if getattr(self, name) is not None]
+            if given:
+                raise ValueError(
+                    f"give either `template` (with `data`) or `subject` and a body, not both: drop {given}"
+                )
+            return self
+        if self.data is not None:
+            raise ValueError("`data` goes with `template`; name the template to render")
+        if self.subject is None:
+            raise ValueError("give `subject` with `text`/`html`, or `template` with `data`")
         if not self.text and not self.html:
             raise ValueError("give `text`, `html` or both")
         return self

@@ -12,6 +12,7 @@ from service.idempotency import Idempotency
 from service.mailer import SmtpProbe
 from service.metrics import Metrics
 from service.outbox import Outbox
+from service.templates import Templates
 
 
 def get_settings(request: Request) -> Settings:
@@ -39,6 +40,11 @@ def get_idempotency(request: Request) -> Idempotency:
     return idempotency
 
 
+def get_templates(request: Request) -> Templates:
+    templates: Templates = request.app.state.templates
+    return templates
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
@@ -52,3 +58,4 @@ def get_metrics(request: Request) -> Metrics:
 
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
+TemplatesDep = Annotated[Templates, Depends(get_templates)]

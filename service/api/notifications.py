@@ -11,7 +11,8 @@ import structlog
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from service.api.deps import DispatcherDep, IdempotencyDep, OutboxDep, SettingsDep
+from service.api.deps import DispatcherDep, IdempotencyDep, OutboxDep, SettingsDep, TemplatesDep
+from service.api.templates import render_request
 from service.config import Settings
 from service.dispatcher import Dispatcher
 from service.idempotency import IdempotencyKeyHeader, taken_elsewhere
@@ -64,6 +65,7 @@ def new_notification(request: NotificationRequest, settings: Settings, request_i
                 }
             ]
         )
+    assert request.subject is not None, "a template request is rendered first: service.api.templates.render_request"
     notification_id = str(uuid.uuid4())
     domain = addr_spec(settings.MAIL_FROM).rpartition("@")[2] or "localhost"
     return Notification(
@@ -129,12 +131,13 @@ async def create_notification(
     dispatcher: DispatcherDep,
     settings: SettingsDep,
     idempotency: IdempotencyDep,
+    templates: TemplatesDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     async with idempotency.begin(request, idempotency_key, body) as claim:
         if claim.replay is not None:
             return claim.replay
-        notification = new_notification(body, settings, request.state.request_id)
+        notification = new_notification(render_request(body, templates), settings, request.state.request_id)
         # The answer is fixed before the commit: it is stored with the notification for replays.
         notification.updated_at = notification.next_attempt_at = notification.created_at
         answer = to_status(notification).model_dump_json().encode()
@@ -157,7 +160,7 @@ async def list_notifications(
     outbox: OutboxDep,
     status_: Annotated[Status | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> NotificationPage:
     page = await outbox.page(status=status_, limit=limit, cursor=cursor)
     return NotificationPage(items=[to_status(n) for n in page.items], next_cursor=page.next_cursor)

@@ -247,3 +247,9 @@ async def test_a_request_id_is_made_when_none_is_given(service: Service) -> None
 
     assert len(response.headers["x-request-id"]) == 32
     assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+async def test_a_cursor_beyond_any_row_number_is_a_422_not_a_crash(service: Service) -> None:
+    response = await service.client.get("/v1/notifications", params={"cursor": "9875188202668174699"})
+
+    assert response.status_code == 422
