@@ -8,11 +8,13 @@ import asyncio
 import os
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from tests.chaos_smtp import ChaosHandler
-from tests.conftest import MAIL, captured_events, make_settings, running
+from tests.conftest import MAIL, Service, captured_events, make_settings, running
 from tests.e2e.processes import message_ids
 from tests.smtp_sink import RecordingHandler, SmtpSink
 
@@ -77,6 +79,83 @@ async def test_every_recipient_refused_with_4xx_is_retried_until_accepted(tmp_pa
         await service.wait_for_status(notification_id, "sent")
 
     assert len(smtp_sink.received) == 1
+
+
+@asynccontextmanager
+async def raw_server(
+    port: int, on_connect: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """A TCP server that is not (yet) an SMTP server: it does `on_connect` with every connection."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await on_connect(reader, writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
+
+
+async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # Accept the connection, never greet; wait for the client to give up and hang up.
+    await reader.read()
+    writer.close()
+
+
+async def attempted(service: Service, notification_id: str, attempts: int) -> dict[str, Any]:
+    for _ in range(500):
+        body: dict[str, Any] = (await service.client.get(f"/v1/notifications/{notification_id}")).json()
+        if body["attempts"] >= attempts and body["status"] == "queued":
+            return body
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not retried: {body}")
+
+
+async def test_a_server_that_hangs_up_before_its_greeting_is_retried(tmp_path: Path, unreachable_port: int) -> None:
+    settings = make_settings(tmp_path, unreachable_port, SEND_CONCURRENCY=1, MAX_ATTEMPTS=50)
+    async with running(settings) as service:
+        async with raw_server(unreachable_port, hang_up):
+            notification_id = (await service.post(**MAIL)).json()["id"]
+            waiting = await attempted(service, notification_id, 2)
+        assert "connect" in waiting["last_error"]
+
+        sink = SmtpSink(port=unreachable_port).start()
+        try:
+            await service.wait_for_status(notification_id, "sent")
+        finally:
+            sink.stop()
+    assert len(sink.received) == 1
+
+
+async def test_a_server_that_never_greets_is_given_up_on_after_the_send_deadline(
+    tmp_path: Path, unreachable_port: int
+) -> None:
+    # The per-command timeout alone would hold the worker for 30 s; the send deadline frees it first.
+    settings = make_settings(
+        tmp_path, unreachable_port, SEND_CONCURRENCY=1, SMTP_TIMEOUT_SECONDS=30, SEND_TIMEOUT_SECONDS=0.3
+    )
+    async with running(settings) as service:
+        async with raw_server(unreachable_port, say_nothing):
+            notification_id = (await service.post(**MAIL)).json()["id"]
+            waiting = await attempted(service, notification_id, 2)
+        assert "within 0.3s" in waiting["last_error"]
+
+        sink = SmtpSink(port=unreachable_port).start()
+        try:
+            await service.wait_for_status(notification_id, "sent")
+        finally:
+            sink.stop()
+    assert len(sink.received) == 1
 
 
 def outcomes(path: Path) -> list[dict[str, Any]]:

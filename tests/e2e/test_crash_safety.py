@@ -238,3 +238,50 @@ async def test_sigterm_under_load_finishes_in_flight_sends_exits_within_the_grac
 
     # A graceful stop repeats nothing.
     assert duplicates(smtp_sink.received) == 0
+
+
+async def test_sigterm_with_sends_stuck_past_the_grace_exits_and_puts_them_back_in_the_queue(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    # Every worker hangs on a server that never answers DATA, far longer than the grace.
+    smtp_sink.handler.stall_next_data = 1000
+    smtp_sink.handler.stall_seconds = 60
+    grace = 1.0
+    outbox = tmp_path / "outbox.sqlite3"
+    env = service_env(
+        outbox, smtp_sink.port, SEND_CONCURRENCY=CONCURRENCY, SEND_TIMEOUT_SECONDS=60, SHUTDOWN_GRACE_SECONDS=grace
+    )
+
+    first = await start_service(env, tmp_path / "first.log")
+    try:
+        async with Load(first.base_url) as load:
+            await load_until(
+                first,
+                load,
+                lambda: (
+                    len(load.accepted) >= 3 * CONCURRENCY and outbox_statuses(outbox).get("sending", 0) >= CONCURRENCY
+                ),
+                lambda: f"sends did not hang: {outbox_statuses(outbox)}",
+            )
+            # A generous bound, not a timing: the grace, not the 60 s the server would take.
+            status = await asyncio.to_thread(first.terminate, grace + 15)
+    finally:
+        first.stop()
+
+    assert status in (0, -signal.SIGTERM)
+    [interrupted] = [e for e in first.events() if e["event"] == "dispatcher_sends_interrupted"]
+    assert interrupted["count"] == CONCURRENCY
+    at_exit = outbox_statuses(outbox)
+    assert "sending" not in at_exit, at_exit
+
+    smtp_sink.handler.stall_next_data = 0
+    second = await start_service(env, tmp_path / "second.log")
+    try:
+        await wait_until(
+            lambda: not missing(load.accepted, smtp_sink.received),
+            60,
+            lambda: f"lost: {len(missing(load.accepted, smtp_sink.received))} of {len(load.accepted)}",
+        )
+    finally:
+        second.terminate(timeout=30)
+    assert duplicates(smtp_sink.received) == 0
