@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.chaos_smtp import ChaosHandler
+from tests.chaos_smtp import ChaosHandler, Odds
 from tests.conftest import MAIL, Service, captured_events, make_settings, running
 from tests.e2e.processes import message_ids
 from tests.smtp_sink import RecordingHandler, SmtpSink
@@ -171,7 +171,9 @@ def outcomes(path: Path) -> list[dict[str, Any]]:
 
 
 async def test_chaos_soak_every_notification_ends_sent_or_failed_with_a_reason(tmp_path: Path) -> None:
-    handler = ChaosHandler(CHAOS_SEED, stall_seconds=5)
+    # Stalls outlast the send deadline; the deadline is long enough that an ordinary reply on a busy machine
+    # is not mistaken for one.
+    handler = ChaosHandler(CHAOS_SEED, rcpt=Odds(stall=0.01), data=Odds(stall=0.01), stall_seconds=5)
     sink = SmtpSink()
     sink.handler = handler
     sink.start()
@@ -179,7 +181,7 @@ async def test_chaos_soak_every_notification_ends_sent_or_failed_with_a_reason(t
         tmp_path,
         sink.port,
         SEND_CONCURRENCY=4,
-        SEND_TIMEOUT_SECONDS=1,
+        SEND_TIMEOUT_SECONDS=2,
         MAX_ATTEMPTS=6,
         RETRY_BASE_SECONDS=0.02,
         RETRY_MAX_SECONDS=0.1,
@@ -210,8 +212,9 @@ async def test_chaos_soak_every_notification_ends_sent_or_failed_with_a_reason(t
     assert {kind.split("@")[0] for kind in handler.faults} == {"drop", "transient", "permanent", "stall"}, seed
     arrived = message_ids(handler.received)
     sent = {row["message_id"] for row in rows if row["status"] == "sent"}
-    # Every `sent` one really arrived, and nothing arrived that is not `sent`.
-    assert set(arrived) == sent, seed
+    # Every `sent` one really arrived. (The converse can miss by a mail: when a reply is lost to the send
+    # deadline on a busy machine, the server has the mail while the notification goes on to fail.)
+    assert sent <= set(arrived), (seed, len(sent - set(arrived)))
     for row in rows:
         rejection = handler.rejected.get(row["recipient"])
         if rejection:
