@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.chaos_smtp import ChaosHandler, Odds
 from tests.e2e.processes import (
     Load,
     ServiceProcess,
@@ -285,3 +289,65 @@ async def test_sigterm_with_sends_stuck_past_the_grace_exits_and_puts_them_back_
     finally:
         second.terminate(timeout=30)
     assert duplicates(smtp_sink.received) == 0
+
+
+@pytest.fixture
+def chaos_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    sink.handler = ChaosHandler(7, rcpt=Odds(stall=0.01), data=Odds(stall=0.01), stall_seconds=5)
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+async def test_sigkill_against_a_chaotic_server_every_accepted_notification_ends_sent_or_failed_with_a_reason(
+    tmp_path: Path, chaos_sink: SmtpSink
+) -> None:
+    chaos = chaos_sink.handler
+    assert isinstance(chaos, ChaosHandler)
+    outbox = tmp_path / "outbox.sqlite3"
+    env = service_env(
+        outbox,
+        chaos_sink.port,
+        SEND_CONCURRENCY=CONCURRENCY,
+        SEND_TIMEOUT_SECONDS=2,
+        MAX_ATTEMPTS=6,
+        RETRY_BASE_SECONDS=0.02,
+        RETRY_MAX_SECONDS=0.1,
+    )
+
+    first = await start_service(env, tmp_path / "first.log")
+    try:
+        async with Load(first.base_url) as load:
+            await load_until(
+                first,
+                load,
+                lambda: len(chaos.received) >= 50 and len(load.accepted) - len(chaos.received) >= 3 * CONCURRENCY,
+                lambda: f"no backlog: {len(load.accepted)} accepted, {len(chaos.received)} delivered",
+            )
+            first.kill()
+    finally:
+        first.stop()
+    assert missing(load.accepted, chaos.received)
+
+    second = await start_service(env, tmp_path / "second.log")
+    try:
+        await wait_until(
+            lambda: set(outbox_statuses(outbox)) <= {"sent", "failed"},
+            90,
+            lambda: f"not settled: {outbox_statuses(outbox)}",
+        )
+    finally:
+        second.terminate(timeout=30)
+
+    with sqlite3.connect(outbox) as db:
+        rows = {row[0]: row[1:] for row in db.execute("SELECT id, status, message_id, last_error FROM notifications")}
+    arrived = set(message_ids(chaos.received))
+    for notification in load.accepted:
+        status, message_id, last_error = rows[notification["id"]]
+        if status == "sent":
+            assert message_id in arrived, notification["id"]
+        else:
+            assert status == "failed", (notification["id"], status)
+            assert last_error, notification["id"]
+    assert chaos.faults, "the server misbehaved"
