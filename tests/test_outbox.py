@@ -194,3 +194,14 @@ async def test_migrations_run_once_and_record_the_version(tmp_path: Path) -> Non
         # The number of the newest migration file, whichever branch added it.
         assert await store.schema_version() == max(number for number, _ in _migrations())
         await store.close()
+
+
+@pytest.mark.parametrize(("setting", "level"), [("NORMAL", 1), ("FULL", 2)])
+async def test_outbox_synchronous_decides_when_sqlite_syncs_to_disk(tmp_path: Path, setting: str, level: int) -> None:
+    store = SqliteOutbox(tmp_path / "outbox.sqlite3", synchronous=setting)
+    await store.open()
+    try:
+        # The pragma is per connection: ask the outbox's own, not a second one.
+        assert await store._run(lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == level
+    finally:
+        await store.close()
