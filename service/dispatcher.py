@@ -107,9 +107,10 @@ class Dispatcher:
                 claimed = await self.outbox.claim(room, time.time()) if room > 0 else []
                 next_due = None if claimed else await self.outbox.next_due_at()
                 failures = 0
-            except OutboxUnavailable as exc:
+            except Exception as exc:
+                # The outbox is unreachable (or worse): keep trying with backoff; the claimer must outlive it.
                 failures += 1
-                log.error("outbox_claim_failed", error=str(exc))
+                log.error("outbox_claim_failed", error=str(exc), exc_info=not isinstance(exc, OutboxUnavailable))
                 await asyncio.sleep(min(POLL_SECONDS, 0.1 * 2**failures))
                 continue
             for notification in claimed:
@@ -137,6 +138,14 @@ class Dispatcher:
                 self.inflight += 1
                 try:
                     await self._deliver(connection, notification)
+                except Exception:
+                    # A bug must cost one attempt of one mail, never a worker: the mail goes back to the queue
+                    # with its backoff (failed after MAX_ATTEMPTS), and the worker takes the next one.
+                    log.exception("dispatcher_delivery_crashed", notification_id=notification.id)
+                    connection.close()
+                    await self._record_failure(
+                        notification, DeliveryFailed("internal error while sending (see the logs)", transient=True)
+                    )
                 finally:
                     self.inflight -= 1
         finally:

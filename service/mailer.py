@@ -139,7 +139,12 @@ class SmtpConnection:
 
     async def send(self, notification: Notification) -> Delivery:
         """Send within SEND_TIMEOUT_SECONDS; raise DeliveryFailed saying whether a retry may help."""
-        message = build_message(notification, self.settings.MAIL_FROM)
+        try:
+            message = build_message(notification, self.settings.MAIL_FROM)
+        except (ValueError, TypeError) as exc:
+            # The email package refuses what cannot be a header (the API refuses it first; this is the second
+            # line of defence for rows written another way): no retry can make it sendable.
+            raise DeliveryFailed(f"unsendable: {exc}", transient=False) from exc
         sender = addr_spec(self.settings.MAIL_FROM)
         recipients = envelope_recipients(notification)
         try:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 from service.config import Settings
 from service.dispatcher import retry_delay
+from service.outbox import Notification
 from tests.conftest import MAIL, make_settings, running
 from tests.smtp_sink import SmtpSink
 
@@ -144,3 +146,25 @@ def test_settings_repr_hides_the_smtp_password(tmp_path: Path) -> None:
 
     assert "hunter2-secret" not in repr(settings)
     assert "hunter2-secret" not in str(settings.model_dump())
+
+
+async def test_an_unsendable_row_fails_alone_and_the_worker_goes_on(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    # A row the API would have refused (a line break in the subject), written to the outbox another way.
+    async with running(make_settings(tmp_path, smtp_sink.port, SEND_CONCURRENCY=1)) as service:
+        broken = Notification(
+            id="broken-row",
+            to=["ada@example.com"],
+            subject="Hi\r\nBcc: victim@example.com",
+            text="t",
+            message_id="<broken-row@example.com>",
+            created_at=time.time(),
+        )
+        await service.app.state.outbox.add([broken])
+        service.app.state.dispatcher.notify(broken.id)
+        failed = await service.wait_for_status(broken.id, "failed")
+        after = (await service.post(**MAIL)).json()["id"]
+        await service.wait_for_status(after, "sent")
+
+    assert failed["attempts"] == 1
+    assert failed["last_error"].startswith("unsendable:")
+    assert [r.rcpt_tos for r in smtp_sink.received] == [["ada@example.com"]]

@@ -461,18 +461,23 @@ class SqliteOutbox(Outbox):
     async def check_writable(self) -> None:
         now = time.time()
 
-        def heartbeat(db: sqlite3.Connection) -> None:
-            # A probe answers within a second or says no: it must not wait out the 30 s lock timeout.
-            db.execute(f"PRAGMA busy_timeout = {PROBE_BUSY_TIMEOUT_MS}")
+        def heartbeat() -> None:
+            # Its own short-lived connection on its own thread: the probe must neither queue behind the outbox's
+            # thread (which may be waiting out a 30 s lock) nor wait long itself — it answers within a second.
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=PROBE_BUSY_TIMEOUT_MS / 1000)
             try:
                 self._transaction(
-                    db,
-                    lambda db: db.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (now,)),
+                    db, lambda db: db.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (now,))
                 )
             finally:
-                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                db.close()
 
-        await self._run(heartbeat)
+        if self._db is None:
+            raise OutboxUnavailable(f"outbox {self.path}: not open")
+        try:
+            await asyncio.to_thread(heartbeat)
+        except sqlite3.Error as exc:
+            raise OutboxUnavailable(f"outbox {self.path}: {exc}") from exc
 
     # -- the operator's view (migration 0003) ---------------------------------------------------------
 
