@@ -23,14 +23,16 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Header, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
+from service.limits import LIMIT_RESPONSES
 from service.outbox import IdempotencyRecord, Outbox, OutboxUnavailable
+from service.schemas import ErrorDetail
 
 log = structlog.get_logger("service.idempotency")
 
@@ -49,6 +51,19 @@ IdempotencyKeyHeader = Annotated[
         " (header `Idempotent-Replayed: true`) instead of a second mail. Remembered IDEMPOTENCY_TTL_HOURS.",
     ),
 ]
+
+
+# The OpenAPI answers of a route that accepts notifications under an Idempotency-Key (besides its 202).
+REPLAYED_HEADER_DOC = {
+    "description": "`true` when this is the stored answer to an earlier request with the same Idempotency-Key",
+    "schema": {"type": "string"},
+}
+ACCEPTING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    # FastAPI's own answer to a body it cannot decode as text (not UTF-8) before any JSON parsing.
+    400: {"model": ErrorDetail, "description": "The body could not be read as JSON text"},
+    409: {"model": ErrorDetail, "description": "A request with the same Idempotency-Key is still in progress"},
+    **LIMIT_RESPONSES,
+}
 
 
 def fingerprint(request: Request, body: BaseModel) -> str:

@@ -15,10 +15,15 @@ from service.api.deps import DispatcherDep, IdempotencyDep, OutboxDep, SettingsD
 from service.api.notifications import new_notification
 from service.api.templates import render_request
 from service.config import Settings
-from service.idempotency import IdempotencyKeyHeader, taken_elsewhere
-from service.limits import LIMIT_RESPONSES
+from service.idempotency import (
+    ACCEPTING_RESPONSES,
+    REPLAYED_HEADER,
+    REPLAYED_HEADER_DOC,
+    IdempotencyKeyHeader,
+    taken_elsewhere,
+)
 from service.outbox import IdempotencyKeyTaken, Notification
-from service.schemas import ErrorDetail, NotificationRequest
+from service.schemas import NotificationRequest
 from service.templates import Templates
 
 log = structlog.get_logger("service.api")
@@ -64,20 +69,7 @@ def build_batch_item(
     response_model=BatchResponse,
     response_model_exclude_none=True,
     summary="Accept up to BATCH_LIMIT notifications; one result per item, in order",
-    responses={
-        202: {
-            "headers": {
-                "Idempotent-Replayed": {
-                    "description": "`true` when this is the stored answer to an earlier request with the same"
-                    " Idempotency-Key",
-                    "schema": {"type": "string"},
-                },
-            }
-        },
-        400: {"model": ErrorDetail, "description": "The body could not be read as JSON text"},
-        409: {"model": ErrorDetail, "description": "A request with the same Idempotency-Key is still in progress"},
-        **LIMIT_RESPONSES,
-    },
+    responses={202: {"headers": {REPLAYED_HEADER: REPLAYED_HEADER_DOC}}, **ACCEPTING_RESPONSES},
 )
 async def create_batch(
     batch: BatchRequest,

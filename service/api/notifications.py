@@ -15,11 +15,16 @@ from service.api.deps import DispatcherDep, IdempotencyDep, OutboxDep, SettingsD
 from service.api.templates import render_request
 from service.config import Settings
 from service.dispatcher import Dispatcher
-from service.idempotency import IdempotencyKeyHeader, taken_elsewhere
-from service.limits import LIMIT_RESPONSES
+from service.idempotency import (
+    ACCEPTING_RESPONSES,
+    REPLAYED_HEADER,
+    REPLAYED_HEADER_DOC,
+    IdempotencyKeyHeader,
+    taken_elsewhere,
+)
 from service.mailer import addr_spec
 from service.outbox import IdempotencyKeyTaken, IdempotencyRecord, Notification, Outbox
-from service.schemas import ErrorDetail, NotificationPage, NotificationRequest, NotificationStatus, Status
+from service.schemas import NotificationPage, NotificationRequest, NotificationStatus, Status
 
 log = structlog.get_logger("service.api")
 
@@ -110,17 +115,10 @@ async def accept(
         202: {
             "headers": {
                 "Location": {"description": "URL of the status object", "schema": {"type": "string"}},
-                "Idempotent-Replayed": {
-                    "description": "`true` when this is the stored answer to an earlier request with the same"
-                    " Idempotency-Key",
-                    "schema": {"type": "string"},
-                },
+                REPLAYED_HEADER: REPLAYED_HEADER_DOC,
             }
         },
-        # FastAPI's own answer to a body it cannot decode as text (not UTF-8) before any JSON parsing.
-        400: {"model": ErrorDetail, "description": "The body could not be read as JSON text"},
-        409: {"model": ErrorDetail, "description": "A request with the same Idempotency-Key is still in progress"},
-        **LIMIT_RESPONSES,
+        **ACCEPTING_RESPONSES,
     },
 )
 async def create_notification(
