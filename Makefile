@@ -31,3 +31,12 @@ lint: install ## ruff (lint and format check) and mypy --strict on service/
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+
+.PHONY: bench bench-burst
+bench: uv ## measure the service beside a bare endpoint, the tutorial's way, aiosmtplib alone (wrk if installed)
+	$(UV) sync --locked --group bench --python $(PYTHON)
+	$(RUN) python -m benchmarks.bench --chart docs/bench.png
+
+bench-burst: uv ## 100,000 notifications at once: all accepted, all delivered, peak RSS
+	$(UV) sync --locked --group bench --python $(PYTHON)
+	$(RUN) python -m benchmarks.bench --burst
