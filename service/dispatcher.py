@@ -61,7 +61,7 @@ class Dispatcher:
         self._claimer = asyncio.create_task(self._claim_forever(), name="dispatcher-claimer")
         log.info("dispatcher_started", workers=self.settings.SEND_CONCURRENCY)
 
-    def notify(self, notification_id: str) -> None:
+    async def notify(self, notification_id: str) -> None:
         """A notification was just accepted: wake the claimer (cheap; called from a background task)."""
         self._wake.set()
 
