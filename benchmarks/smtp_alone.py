@@ -57,9 +57,10 @@ async def send_all(port: int, count: int, connections: int) -> None:
 def main() -> None:
     port, count = int(sys.argv[1]), int(sys.argv[2])
     connections = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     uvloop.run(send_all(port, count, connections))
-    print(json.dumps({"sent": count, "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}))
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+    print(json.dumps({"sent": count, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":
