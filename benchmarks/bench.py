@@ -305,6 +305,9 @@ def bench_service(sink: Sink, workdir: Path, args: argparse.Namespace, *, reques
         # answer was cut off when the load generator stopped.
         stored = sum(outbox_counts(outbox).values())
         state = sink.wait_for(stored)
+        if process.poll() is not None:
+            # Its numbers would be wrong, not just bad: say so instead of printing them.
+            raise RuntimeError(f"the service exited during the run (status {process.returncode})")
         result.peak_rss_mb = read_status(process.pid, "VmHWM")
         result.cpu_ms_per_mail = per_mail(cpu_seconds(process.pid) - cpu, stored)
         counts = outbox_counts(outbox)
