@@ -48,3 +48,12 @@ logs: ## follow the stack's logs
 
 smoke: install ## post a notification to the running stack and find it in MailHog (NOTIFIER_URL, MAILHOG_URL)
 	$(RUN) pytest -m compose -s tests/compose
+
+.PHONY: bench bench-burst
+bench: uv ## measure the service beside a bare endpoint, the tutorial's way, aiosmtplib alone (wrk if installed)
+	$(UV) sync --locked --group bench --python $(PYTHON)
+	$(RUN) python -m benchmarks.bench --chart docs/bench.png
+
+bench-burst: uv ## 100,000 notifications at once: all accepted, all delivered, peak RSS
+	$(UV) sync --locked --group bench --python $(PYTHON)
+	$(RUN) python -m benchmarks.bench --burst

@@ -65,8 +65,13 @@ class Dispatcher:
         self._claimer = asyncio.create_task(self._claim_forever(), name="dispatcher-claimer")
         log.info("dispatcher_started", workers=self.settings.SEND_CONCURRENCY)
 
-    def notify(self, notification_id: str) -> None:
-        """A notification was just accepted: wake the claimer (cheap; called from a background task)."""
+    async def notify(self, notification_id: str) -> None:
+        """A notification was just accepted: wake the claimer. The route's background task; async so that
+        Starlette runs it on the event loop instead of handing it to its thread pool."""
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the claimer: there may be due work (for callers on the event loop that aren't tasks)."""
         self._wake.set()
 
     async def stop(self) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from email import policy
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from typing import Any
@@ -43,8 +45,26 @@ def addr_spec(address: str) -> str:
     return parseaddr(address)[1]
 
 
+class _ReusedHeaderClasses(HeaderRegistry):
+    """The stdlib's registry creates a new header class with `type()` for every header it is asked for (nine
+    per mail); created once per header name instead, a mail is built in about half the CPU (make bench)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        if (cls := self._classes.get(key)) is None:
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
+
+MAIL_POLICY = policy.default.clone(header_factory=_ReusedHeaderClasses())
+
+
 def build_message(notification: Notification, mail_from: str) -> EmailMessage:
-    message = EmailMessage()
+    message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = mail_from
     message["To"] = ", ".join(notification.to)
     if notification.cc:

@@ -15,22 +15,22 @@ from service.outbox import Outbox
 from service.templates import Templates
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_outbox(request: Request) -> Outbox:
+async def get_outbox(request: Request) -> Outbox:
     outbox: Outbox = request.app.state.outbox
     return outbox
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.app.state.dispatcher
     return dispatcher
 
 
-def get_smtp_probe(request: Request) -> SmtpProbe:
+async def get_smtp_probe(request: Request) -> SmtpProbe:
     probe: SmtpProbe = request.app.state.smtp_probe
     return probe
 

@@ -1,0 +1,557 @@
+"""`make bench`: the service side by side with its baselines, against one counting SMTP sink, one table.
+
+In turn: a bare FastAPI endpoint (the accept floor), the tutorial's BackgroundTasks + smtplib, the service, and
+aiosmtplib alone with 8 persistent connections (the delivery ceiling). Each HTTP system runs in uvicorn with one
+worker and is driven by wrk (or benchmarks/loadgen.py when wrk is missing); the benchmark waits until the sink
+has every accepted mail. Results go to benchmarks/results/ as JSON; `--chart` draws throughput and p99.
+
+    python -m benchmarks.bench [--duration 10] [--systems bare,tutorial,service,alone] [--chart docs/bench.png]
+    python -m benchmarks.bench --burst [100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BODY = json.dumps({"to": ["ada@example.com"], "subject": "Benchmark", "text": "Hello from the benchmark."})
+PATH = "/v1/notifications"
+SYSTEMS = ("bare", "tutorial", "service", "alone")
+LABELS = {
+    "bare": "bare FastAPI endpoint (202, nothing else)",
+    "tutorial": "tutorial: BackgroundTasks + smtplib",
+    "service": "notification-service",
+    "alone": "aiosmtplib alone, 8 connections",
+}
+# The targets of issue 5, as ratios measured in the same run.
+DELIVERED_VS_ALONE = 0.85
+P99_VS_BARE = 2.0
+ACCEPTED_VS_TUTORIAL = 3.0
+BURST_RSS_MB = 200.0
+# Waiting for the sink: give up when it has taken nothing new for this long.
+STALL_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def read_status(pid: int, key: str) -> float:
+    """A /proc/<pid>/status size in MB (VmHWM: the peak resident set; VmRSS: now)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far: unlike req/s, barely moved by a busy neighbour."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    system: str
+    accepted: int | None = None  # 2xx answers the load generator saw
+    accepted_per_s: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    delivered: int | None = None
+    delivered_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    lost: int | None = None
+    cpu_ms_per_mail: float | None = None  # CPU the system's process spent per request (or per mail, alone)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the sink ----------------------------------------------------------------------------------------------
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.port, self.control_port = free_port(), free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.sink", str(self.port), str(self.control_port)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "sink ready":
+            raise RuntimeError("the SMTP sink did not start")
+
+    def _ask(self, command: str) -> dict[str, Any]:
+        with socket.create_connection(("127.0.0.1", self.control_port), timeout=5) as conn:
+            conn.sendall(command.encode() + b"\n")
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+        answer: dict[str, Any] = json.loads(data)
+        return answer
+
+    def get(self) -> dict[str, Any]:
+        return self._ask("get")
+
+    def reset(self) -> None:
+        self._ask("reset")
+
+    def wait_for(self, expected: int, stall_seconds: float = STALL_SECONDS) -> dict[str, Any]:
+        """Until the sink has `expected` mails, or has taken none for `stall_seconds`."""
+        state = self.get()
+        progress_at, seen = time.monotonic(), state["count"]
+        while state["count"] < expected and time.monotonic() - progress_at < stall_seconds:
+            time.sleep(0.1)
+            state = self.get()
+            if state["count"] != seen:
+                progress_at, seen = time.monotonic(), state["count"]
+        return state
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def delivered_rate(state: dict[str, Any]) -> float | None:
+    if state["count"] < 2 or state["last"] <= state["first"]:
+        return None
+    return float(state["count"] / (state["last"] - state["first"]))
+
+
+# -- the systems under test --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def uvicorn(app: str, env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base_url}/openapi.json", timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    raise RuntimeError(f"{app} did not start:\n{log_path.read_text()[-2000:]}") from None
+                time.sleep(0.1)
+        try:
+            yield base_url, process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+
+
+def drive(url: str, args: argparse.Namespace, *, requests: int | None = None) -> dict[str, float]:
+    """Load one system: wrk for a duration, or benchmarks/loadgen.py (an exact number of requests needs it)."""
+    if requests is None and args.loadgen == "wrk":
+        return run_wrk(url, args.duration, args.connections, args.threads)
+    limit = ["--requests", str(requests)] if requests is not None else ["--duration", str(args.duration)]
+    output = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loadgen", url, BODY, "--connections", str(args.connections), *limit],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, float] = json.loads(output)
+    return result
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def run_wrk(url: str, duration: float, connections: int, threads: int) -> dict[str, float]:
+    output = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(ROOT / "benchmarks" / "post.lua"),
+            url,
+        ],
+        env={**os.environ, "BENCH_BODY": BODY},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    completed_match = re.search(r"(\d+) requests in ([\d.]+)(\w+)", output)
+    if completed_match is None:
+        raise RuntimeError(f"unexpected wrk output:\n{output}")
+    completed = int(completed_match[1])
+    seconds = _ms(completed_match[2] + completed_match[3]) / 1000
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = int(non_2xx[1]) if non_2xx else 0
+    p50 = re.search(r"^\s+50%\s+(\S+)$", output, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)$", output, re.M)
+    return {
+        "completed": completed,
+        "ok": completed - errors,
+        "errors": errors,
+        "seconds": seconds,
+        "p50_ms": _ms(p50[1]) if p50 else 0.0,
+        "p99_ms": _ms(p99[1]) if p99 else 0.0,
+    }
+
+
+def per_mail(cpu: float, count: int | None) -> float | None:
+    return cpu * 1000 / count if count else None
+
+
+def from_load(system: str, load: dict[str, float]) -> Result:
+    return Result(
+        system=system,
+        accepted=int(load["ok"]),
+        accepted_per_s=load["ok"] / load["seconds"],
+        p50_ms=load["p50_ms"],
+        p99_ms=load["p99_ms"],
+        extra={"errors": int(load["errors"])},
+    )
+
+
+def bench_bare(sink: Sink, workdir: Path, args: argparse.Namespace) -> Result:
+    with uvicorn("benchmarks.bare_app:app", {}, workdir / "bare.log") as (url, process):
+        cpu = cpu_seconds(process.pid)
+        result = from_load("bare", drive(url + PATH, args))
+        result.peak_rss_mb = read_status(process.pid, "VmHWM")
+        result.cpu_ms_per_mail = per_mail(cpu_seconds(process.pid) - cpu, result.accepted)
+    return result
+
+
+def bench_tutorial(sink: Sink, workdir: Path, args: argparse.Namespace) -> Result:
+    sink.reset()
+    env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(sink.port)}
+    with uvicorn("benchmarks.tutorial_app:app", env, workdir / "tutorial.log") as (url, process):
+        cpu = cpu_seconds(process.pid)
+        result = from_load("tutorial", drive(url + PATH, args))
+        state = sink.wait_for(result.accepted or 0)
+        result.peak_rss_mb = read_status(process.pid, "VmHWM")
+        result.cpu_ms_per_mail = per_mail(cpu_seconds(process.pid) - cpu, result.accepted)
+    # The tutorial keeps nothing: a mail it answered 202 for and never sent is simply gone.
+    result.delivered, result.delivered_per_s = state["count"], delivered_rate(state)
+    result.lost = max(0, (result.accepted or 0) - state["count"])
+    return result
+
+
+def service_env(sink: Sink, outbox: Path, args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(sink.port),
+        "OUTBOX_PATH": str(outbox),
+        "LOG_FORMAT": "json",
+        "SEND_CONCURRENCY": "8",
+        **dict(item.split("=", 1) for item in args.service_env),
+    }
+
+
+def outbox_counts(outbox: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(outbox, timeout=30)) as db:
+        return dict(db.execute("SELECT status, count(*) FROM notifications GROUP BY status").fetchall())
+
+
+def bench_service(sink: Sink, workdir: Path, args: argparse.Namespace, *, requests: int | None = None) -> Result:
+    sink.reset()
+    outbox = workdir / "service-outbox.sqlite3"
+    with uvicorn("service.main:app", service_env(sink, outbox, args), workdir / "service.log") as (url, process):
+        cpu = cpu_seconds(process.pid)
+        result = from_load("service", drive(url + PATH, args, requests=requests))
+        # Every row in the outbox is a mail the service owes: the 202s the load generator saw, plus any whose
+        # answer was cut off when the load generator stopped.
+        stored = sum(outbox_counts(outbox).values())
+        state = sink.wait_for(stored)
+        if process.poll() is not None:
+            # Its numbers would be wrong, not just bad: say so instead of printing them.
+            raise RuntimeError(f"the service exited during the run (status {process.returncode})")
+        result.peak_rss_mb = read_status(process.pid, "VmHWM")
+        result.cpu_ms_per_mail = per_mail(cpu_seconds(process.pid) - cpu, stored)
+        counts = outbox_counts(outbox)
+    result.delivered, result.delivered_per_s = state["count"], delivered_rate(state)
+    result.lost = max(0, stored - state["count"])
+    result.extra.update(stored=stored, outbox=counts, answered_202_not_stored=max(0, (result.accepted or 0) - stored))
+    return result
+
+
+def bench_alone(sink: Sink, workdir: Path, args: argparse.Namespace) -> Result:
+    sink.reset()
+    output = subprocess.run(
+        [sys.executable, "-m", "benchmarks.smtp_alone", str(sink.port), str(args.alone_count), "8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    sent = json.loads(output)
+    state = sink.wait_for(args.alone_count)
+    return Result(
+        system="alone",
+        delivered=state["count"],
+        delivered_per_s=delivered_rate(state),
+        peak_rss_mb=sent["peak_rss_mb"],
+        cpu_ms_per_mail=per_mail(sent["cpu_seconds"], args.alone_count),
+        lost=args.alone_count - state["count"],
+    )
+
+
+# -- the report --------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_average": os.getloadavg(),
+    }
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def ratios(results: dict[str, Result]) -> list[tuple[str, float | None, str, bool | None]]:
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    service, bare, tutorial, alone = (results.get(name) for name in ("service", "bare", "tutorial", "alone"))
+    rows = [
+        (
+            "delivered mails/s, service ÷ aiosmtplib alone",
+            ratio(service and service.delivered_per_s, alone and alone.delivered_per_s),
+            f"≥ {DELIVERED_VS_ALONE}",
+            DELIVERED_VS_ALONE,
+            True,
+        ),
+        (
+            "accept p99, service ÷ bare endpoint",
+            ratio(service and service.p99_ms, bare and bare.p99_ms),
+            f"≤ {P99_VS_BARE}",
+            P99_VS_BARE,
+            False,
+        ),
+        (
+            "accepted req/s, service ÷ tutorial",
+            ratio(service and service.accepted_per_s, tutorial and tutorial.accepted_per_s),
+            f"≥ {ACCEPTED_VS_TUTORIAL}",
+            ACCEPTED_VS_TUTORIAL,
+            True,
+        ),
+    ]
+    return [
+        (name, value, target, None if value is None else (value >= bound if at_least else value <= bound))
+        for name, value, target, bound, at_least in rows
+    ]
+
+
+def table(results: dict[str, Result], args: argparse.Namespace, info: dict[str, Any]) -> str:
+    lines = [
+        f"{info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, load average before: "
+        + " ".join(f"{x:.2f}" for x in info["load_average"]),
+        f"load: {args.loadgen}, {args.connections} connections, {args.duration:g} s per HTTP system;"
+        f" aiosmtplib alone: {args.alone_count} mails",
+        "",
+        f"| {'system':<42} | accepted req/s | p50 ms | p99 ms | delivered mails/s | peak RSS MB | lost | CPU ms/mail |",
+        f"|{'-' * 44}|---------------:|-------:|-------:|------------------:|------------:|-----:|------------:|",
+    ]
+    for name in SYSTEMS:
+        if (r := results.get(name)) is None:
+            continue
+        lines.append(
+            f"| {LABELS[name]:<42} | {_fmt(r.accepted_per_s):>14} | {_fmt(r.p50_ms, 1):>6} | {_fmt(r.p99_ms, 1):>6} |"
+            f" {_fmt(r.delivered_per_s):>17} | {_fmt(r.peak_rss_mb, 1):>11} | {_fmt(r.lost):>4} |"
+            f" {_fmt(r.cpu_ms_per_mail, 2):>11} |"
+        )
+    lines.append("")
+    for name, value, target, met in ratios(results):
+        verdict = "—" if met is None else ("met" if met else "MISSED")
+        lines.append(f"  {name:<48} {_fmt(value, 2):>6}  (target {target})  {verdict}")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Result], path: Path, info: dict[str, Any]) -> None:
+    import matplotlib  # a bench-only dependency: imported only when a chart is asked for
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name in SYSTEMS if name in results]
+    labels = [LABELS[name].replace(": ", ":\n").replace(" (", "\n(").replace(", ", ",\n") for name in names]
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(13, 5))
+    positions = range(len(names))
+    width = 0.38
+    accepted = [results[n].accepted_per_s or 0 for n in names]
+    delivered = [results[n].delivered_per_s or 0 for n in names]
+    throughput.bar([p - width / 2 for p in positions], accepted, width, label="accepted req/s", color="#4c72b0")
+    throughput.bar([p + width / 2 for p in positions], delivered, width, label="delivered mails/s", color="#55a868")
+    throughput.set_xticks(list(positions), labels, fontsize=8)
+    throughput.set_title("Throughput (higher is better)")
+    throughput.legend()
+    p99 = [results[n].p99_ms or 0 for n in names]
+    latency.bar(list(positions), p99, 0.6, color="#c44e52")
+    latency.set_xticks(list(positions), labels, fontsize=8)
+    latency.set_ylabel("ms")
+    latency.set_title("Accept latency p99 (lower is better; — for no HTTP)")
+    figure.suptitle(
+        f"one uvicorn worker, {info['cpus']} CPUs, shared machine — compare the ratios, not the absolute numbers",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
+def save(report: dict[str, Any], out: Path, kind: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    return path
+
+
+# -- main --------------------------------------------------------------------------------------------------
+
+
+def side_by_side(args: argparse.Namespace) -> dict[str, Result]:
+    runners = {"bare": bench_bare, "tutorial": bench_tutorial, "service": bench_service, "alone": bench_alone}
+    info = machine()
+    results: dict[str, Result] = {}
+    sink = Sink()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+            for name in args.systems:
+                print(f"… {LABELS[name]}", file=sys.stderr, flush=True)
+                results[name] = runners[name](sink, Path(workdir), args)
+    finally:
+        sink.stop()
+    print(table(results, args, info))
+    report = {
+        "kind": "side_by_side",
+        "machine": info,
+        "load_average_after": os.getloadavg(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("chart", "out")},
+        "results": {name: asdict(r) for name, r in results.items()},
+        "ratios": [{"name": n, "value": v, "target": t, "met": m} for n, v, t, m in ratios(results)],
+    }
+    print(f"\nresults: {save(report, args.out, 'bench')}")
+    if args.chart:
+        chart(results, args.chart, info)
+        print(f"chart: {args.chart}")
+    return results
+
+
+def burst(args: argparse.Namespace) -> Result:
+    info = machine()
+    sink = Sink()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+            started = time.monotonic()
+            result = bench_service(sink, Path(workdir), args, requests=args.burst)
+            result.extra["seconds_until_all_delivered"] = time.monotonic() - started
+    finally:
+        sink.stop()
+    print(
+        f"{info['cpus']} CPUs ({info['cpu']}), load average before: "
+        + " ".join(f"{x:.2f}" for x in info["load_average"])
+    )
+    print(f"burst of {args.burst:,} notifications, {args.connections} connections, one uvicorn worker")
+    print(
+        f"  accepted (202)        {result.accepted:,}   at {_fmt(result.accepted_per_s)} req/s,"
+        f" p50 {_fmt(result.p50_ms, 1)} ms, p99 {_fmt(result.p99_ms, 1)} ms"
+    )
+    print(f"  on disk (outbox rows) {result.extra['stored']:,}")
+    print(f"  delivered             {result.delivered:,}   at {_fmt(result.delivered_per_s)} mails/s")
+    print(f"  lost                  {result.lost:,}")
+    rss_met = (result.peak_rss_mb or 0) <= BURST_RSS_MB
+    print(
+        f"  peak RSS              {_fmt(result.peak_rss_mb, 1)} MB  (target ≤ {BURST_RSS_MB:g})"
+        f"  {'met' if rss_met else 'MISSED'}"
+    )
+    all_met = rss_met and result.lost == 0 and result.accepted == args.burst == result.delivered
+    print(f"  all accepted, all delivered, none lost: {'met' if all_met else 'MISSED'}")
+    report = {"kind": "burst", "machine": info, "result": asdict(result), "requests": args.burst}
+    print(f"\nresults: {save(report, args.out, 'burst')}")
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per HTTP system")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--alone-count", type=int, default=10_000, help="mails aiosmtplib alone sends")
+    parser.add_argument("--systems", type=lambda s: s.split(","), default=list(SYSTEMS))
+    parser.add_argument("--loadgen", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--burst", type=int, nargs="?", const=100_000, default=None, help="burst mode: N requests")
+    parser.add_argument(
+        "--service-env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the service"
+    )
+    parser.add_argument("--chart", type=Path, default=None, help="write the chart PNG here")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
+    args = parser.parse_args(argv)
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.burst is not None:
+        burst(args)
+    else:
+        side_by_side(args)
+
+
+if __name__ == "__main__":
+    main()

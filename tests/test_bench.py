@@ -1,0 +1,46 @@
+"""The benchmark runs end to end (tiny, with the Python load generator) so it doesn't rot. No timing asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_benchmark_runs_every_system_and_the_service_loses_nothing(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench",
+            "--loadgen",
+            "python",
+            "--duration",
+            "0.5",
+            "--connections",
+            "4",
+            "--alone-count",
+            "20",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "| notification-service" in completed.stdout
+    assert "accepted req/s, service ÷ tutorial" in completed.stdout
+    [path] = tmp_path.glob("bench-*.json")
+    results = json.loads(path.read_text())["results"]
+    assert set(results) == {"bare", "tutorial", "service", "alone"}
+    service = results["service"]
+    assert service["accepted"] > 0
+    assert service["extra"]["answered_202_not_stored"] == 0
+    assert service["delivered"] == service["extra"]["stored"]
+    assert service["lost"] == 0
+    assert results["alone"]["delivered"] == 20
