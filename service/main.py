@@ -17,7 +17,7 @@ from service.config import Settings, load_settings
 from service.dispatcher import Dispatcher
 from service.logging import RequestIdMiddleware, configure_logging
 from service.mailer import SmtpProbe
-from service.outbox import open_outbox
+from service.outbox import describe_outbox, open_outbox
 
 log = structlog.get_logger("service")
 
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await dispatcher.start()
         log.info(
             "service_started",
-            outbox=str(settings.OUTBOX_PATH),
+            outbox=describe_outbox(settings),
             smtp=f"{settings.SMTP_HOST}:{settings.SMTP_PORT}",
         )
         try:
