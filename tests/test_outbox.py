@@ -11,7 +11,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from importlib import resources
 from pathlib import Path
 
 import asyncpg
@@ -20,15 +19,10 @@ import pytest
 from service.outbox import Notification, Outbox, OutboxUnavailable
 from service.outbox.postgres import PostgresOutbox
 from service.outbox.sqlite import SqliteOutbox
-from tests.postgres import temporary_database
+from tests.postgres import latest_migration, temporary_database
 from tests.smtp_sink import free_port
 
 LEASE_SECONDS = 300.0
-
-
-def latest_migration(backend: str) -> int:
-    folder = resources.files("service.outbox") / "migrations" / backend
-    return max(int(entry.name.split("_", 1)[0]) for entry in folder.iterdir() if entry.name.endswith(".sql"))
 
 
 def notification(**overrides: object) -> Notification:

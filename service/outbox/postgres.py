@@ -48,6 +48,9 @@ _COLUMNS = (
     " created_at, updated_at, sent_at, next_attempt_at"
 )
 
+# The same columns of the row being updated, for `UPDATE notifications AS n … FROM … RETURNING`.
+_RETURNING = ", ".join(f"n.{column.strip()}" for column in _COLUMNS.split(","))
+
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -280,7 +283,7 @@ class PostgresOutbox(Outbox):
                 f"      OR (status = '{SENDING}' AND lease_until <= $1)"
                 "   ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) AS due"
                 " WHERE n.seq = due.seq"
-                f" RETURNING {', '.join('n.' + column.strip() for column in _COLUMNS.split(','))}",
+                f" RETURNING {_RETURNING}",
                 now,
                 limit,
                 self.lease_seconds,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from service.outbox.sqlite import _migrations
 from tests.conftest import Service, make_settings, running
+from tests.postgres import latest_migration
 
-LATEST_SQLITE_MIGRATION = _migrations()[-1][0]
+LATEST_SQLITE_MIGRATION = latest_migration("sqlite")
 
 
 async def test_live_answers_while_the_process_serves(service: Service) -> None:
