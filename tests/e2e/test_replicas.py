@@ -135,7 +135,7 @@ async def statuses(postgres_url: str) -> dict[str, int]:
 async def test_three_replicas_deliver_every_notification_exactly_once(
     tmp_path: Path, postgres_url: str, smtp_sink: SmtpSink
 ) -> None:
-    total = 1500
+    total = 2000
     with replicas(3, tmp_path, postgres_url, smtp_sink.port, LOG_LEVEL="WARNING") as running:
         await post_round_robin(running, total)
         await wait_for_distinct(smtp_sink, total, timeout=90)
