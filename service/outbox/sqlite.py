@@ -54,6 +54,10 @@ _COLUMNS = (
 )
 
 
+# With an `attempt`, an outcome only lands while the row is still that claim's (see Outbox.mark_sent).
+_STILL_CLAIMED = f"AND (:attempt IS NULL OR (status = '{SENDING}' AND attempts = :attempt))"
+
+
 def _migrations() -> list[tuple[int, str]]:
     folder = resources.files("service.outbox") / "migrations" / "sqlite"
     found = []
@@ -399,8 +403,9 @@ class SqliteOutbox(Outbox):
 
         def finish(db: sqlite3.Connection) -> bool:
             row = db.execute("SELECT status FROM notifications WHERE id = :id", params).fetchone()
-            db.execute(sql, params)
-            return row is not None and row[0] in (QUEUED, SENDING)
+            # A guarded update (the claim is no longer ours) changes nothing, and neither does the count.
+            changed = db.execute(sql, params).rowcount == 1
+            return changed and row is not None and row[0] in (QUEUED, SENDING)
 
         def finish_and_count(db: sqlite3.Connection) -> None:
             if self._transaction(db, finish):
@@ -409,32 +414,50 @@ class SqliteOutbox(Outbox):
         await self._run(finish_and_count)
 
     async def mark_sent(
-        self, notification_id: str, *, smtp_reply: str, refused: list[dict[str, Any]], now: float
+        self,
+        notification_id: str,
+        *,
+        smtp_reply: str,
+        refused: list[dict[str, Any]],
+        now: float,
+        attempt: int | None = None,
     ) -> None:
         await self._finish(
             f"UPDATE notifications SET status = '{SENT}', smtp_reply = :reply, refused = :refused,"
-            " sent_at = :now, updated_at = :now WHERE id = :id",
+            f" sent_at = :now, updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
             {
                 "id": notification_id,
+                "attempt": attempt,
                 "reply": smtp_reply,
                 "refused": json.dumps(refused) if refused else None,
                 "now": now,
             },
         )
 
-    async def mark_retry(self, notification_id: str, *, error: str, next_attempt_at: float, now: float) -> None:
+    async def mark_retry(
+        self, notification_id: str, *, error: str, next_attempt_at: float, now: float, attempt: int | None = None
+    ) -> None:
         await self._update(
             f"UPDATE notifications SET status = '{QUEUED}', last_error = :error,"
-            " next_attempt_at = :next, updated_at = :now WHERE id = :id",
-            {"id": notification_id, "error": error, "next": next_attempt_at, "now": now},
+            f" next_attempt_at = :next, updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
+            {"id": notification_id, "attempt": attempt, "error": error, "next": next_attempt_at, "now": now},
         )
 
-    async def mark_failed(self, notification_id: str, *, error: str, refused: list[dict[str, Any]], now: float) -> None:
+    async def mark_failed(
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        refused: list[dict[str, Any]],
+        now: float,
+        attempt: int | None = None,
+    ) -> None:
         await self._finish(
             f"UPDATE notifications SET status = '{FAILED}', last_error = :error, refused = :refused,"
-            " updated_at = :now WHERE id = :id",
+            f" updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
             {
                 "id": notification_id,
+                "attempt": attempt,
                 "error": error,
                 "refused": json.dumps(refused) if refused else None,
                 "now": now,
