@@ -42,8 +42,9 @@ def notification(**overrides: object) -> Notification:
 class Backend:
     """Makes outboxes on one store: each call is another process (replica) opening the same file or database."""
 
-    def __init__(self, name: str, make: Callable[[], Outbox]) -> None:
+    def __init__(self, name: str, make: Callable[..., Outbox]) -> None:
         self.name = name
+        # make(queue_limit=...) passes the store's options on.
         self.make = make
 
     def __repr__(self) -> str:
@@ -53,10 +54,12 @@ class Backend:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
-        yield Backend("sqlite", lambda: SqliteOutbox(tmp_path / "outbox.sqlite3"))
+        yield Backend("sqlite", lambda **options: SqliteOutbox(tmp_path / "outbox.sqlite3", **options))
         return
     async with temporary_database() as url:
-        yield Backend("postgres", lambda: PostgresOutbox(url, lease_seconds=LEASE_SECONDS, pool_size=4))
+        yield Backend(
+            "postgres", lambda **options: PostgresOutbox(url, lease_seconds=LEASE_SECONDS, pool_size=4, **options)
+        )
 
 
 @pytest.fixture

@@ -247,6 +247,7 @@ def open_outbox(settings: Any) -> Outbox:
             settings.OUTBOX_URL.get_secret_value(),
             lease_seconds=settings.LEASE_SECONDS,
             pool_size=settings.OUTBOX_POOL_SIZE,
+            queue_limit=getattr(settings, "QUEUE_LIMIT", None),
         )
     from service.outbox.sqlite import SqliteOutbox
 

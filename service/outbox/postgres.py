@@ -26,10 +26,17 @@ from service.outbox import (
     QUEUED,
     SENDING,
     SENT,
+    STATUSES,
+    ErrorEntry,
+    IdempotencyKeyTaken,
+    IdempotencyRecord,
     Notification,
     Outbox,
     OutboxUnavailable,
     Page,
+    QueueFull,
+    QueueGauges,
+    QueueStats,
 )
 
 log = structlog.get_logger("service.outbox")
@@ -50,6 +57,9 @@ _COLUMNS = (
 
 # The same columns of the row being updated, for `UPDATE notifications AS n … FROM … RETURNING`.
 _RETURNING = ", ".join(f"n.{column.strip()}" for column in _COLUMNS.split(","))
+
+# Notifications queued or sending, from the kept counts (migration 0003).
+_UNSENT = f"SELECT coalesce(sum(count), 0) FROM notification_counts WHERE status IN ('{QUEUED}', '{SENDING}')"
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -119,8 +129,9 @@ def redact(url: str) -> str:
 
 
 class PostgresOutbox(Outbox):
-    def __init__(self, url: str, *, lease_seconds: float, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, lease_seconds: float, pool_size: int = 10, queue_limit: int | None = None) -> None:
         self.url = url
+        self.queue_limit = queue_limit
         self.lease_seconds = lease_seconds
         self.pool_size = pool_size
         # Who holds a claim: shows in `claimed_by`, so an operator can tell which replica has which rows.
@@ -173,7 +184,7 @@ class PostgresOutbox(Outbox):
             self._pool = None
 
     async def schema_version(self) -> int:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
 
     # -- wake-ups -----------------------------------------------------------------------------------------
@@ -208,7 +219,8 @@ class PostgresOutbox(Outbox):
     # -- plumbing ------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; database errors come out as OutboxUnavailable. Also the job store's way in."""
         if self._pool is None:
             raise OutboxUnavailable("the outbox is not open")
         try:
@@ -219,8 +231,18 @@ class PostgresOutbox(Outbox):
 
     # -- accepting ----------------------------------------------------------------------------------------
 
-    async def add(self, notifications: Sequence[Notification]) -> None:
-        async with self._connection() as conn, conn.transaction():
+    async def add(self, notifications: Sequence[Notification], *, idempotency: IdempotencyRecord | None = None) -> None:
+        now = time.time()
+        async with self.connection() as conn, conn.transaction():
+            if self.queue_limit is not None:
+                # The kept counts, committed by every replica: 64 rows summed, not a count of the backlog.
+                # Under READ COMMITTED two replicas adding at the same moment may each see the other's rows
+                # missing, so the queue can pass the limit by the adds in flight at once, never by more.
+                unsent = await conn.fetchval(_UNSENT)
+                if unsent + len(notifications) > self.queue_limit:
+                    raise QueueFull(unsent, self.queue_limit, len(notifications))
+            if idempotency is not None and not await self._insert_idempotency(conn, idempotency, now):
+                raise IdempotencyKeyTaken(idempotency.key)
             await conn.executemany(
                 "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
                 " created_at, updated_at, next_attempt_at) VALUES ($1, 'queued', $2, $3, $4, 0, $5, $5, $5)",
@@ -229,16 +251,74 @@ class PostgresOutbox(Outbox):
             # Delivered to every listener when (and only if) the transaction commits.
             await conn.execute(f"NOTIFY {CHANNEL}")
 
+    @staticmethod
+    async def _insert_idempotency(conn: asyncpg.Connection, record: IdempotencyRecord, now: float) -> bool:
+        """False when the key is stored and not expired; an expired one is replaced.
+
+        Two replicas inserting one key: the second waits on the first's row until that transaction ends, then
+        finds it committed and live (taken) or rolled back (its own insert goes in).
+        """
+        inserted = await conn.fetchval(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, status_code, body, headers, created_at,"
+            " expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+            " status_code = excluded.status_code, body = excluded.body, headers = excluded.headers,"
+            " created_at = excluded.created_at, expires_at = excluded.expires_at"
+            " WHERE idempotency_keys.expires_at <= $9"
+            " RETURNING true",
+            record.scope,
+            record.key,
+            record.fingerprint,
+            record.status_code,
+            record.body,
+            json.dumps(record.headers),
+            record.created_at,
+            record.expires_at,
+            now,
+        )
+        return bool(inserted)
+
+    async def count_unsent(self) -> int:
+        async with self.connection() as conn:
+            return int(await conn.fetchval(_UNSENT))
+
+    async def get_idempotency(self, scope: str, key: str, now: float) -> IdempotencyRecord | None:
+        async with self.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT scope, key, fingerprint, status_code, body, headers, created_at, expires_at"
+                " FROM idempotency_keys WHERE scope = $1 AND key = $2 AND expires_at > $3",
+                scope,
+                key,
+                now,
+            )
+        if row is None:
+            return None
+        return IdempotencyRecord(
+            scope=row["scope"],
+            key=row["key"],
+            fingerprint=row["fingerprint"],
+            status_code=row["status_code"],
+            body=bytes(row["body"]),
+            headers=json.loads(row["headers"]),
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+        )
+
+    async def sweep_idempotency(self, now: float) -> int:
+        async with self.connection() as conn:
+            result = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= $1", now)
+        return int(result.split()[-1])
+
     # -- reading ------------------------------------------------------------------------------------------
 
     async def get(self, notification_id: str) -> Notification | None:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM notifications WHERE id = $1", notification_id)
         return _from_record(row) if row else None
 
     async def page(self, *, status: str | None, limit: int, cursor: str | None) -> Page:
         before = int(cursor) if cursor else None
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM notifications"
                 " WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR seq < $2)"
@@ -253,7 +333,7 @@ class PostgresOutbox(Outbox):
 
     async def next_due_at(self) -> float | None:
         # A claim whose lease runs out is due then too: its replica may be gone.
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             due = await conn.fetchval(
                 "SELECT least("
                 f" (SELECT min(next_attempt_at) FROM notifications WHERE status = '{QUEUED}'),"
@@ -265,7 +345,7 @@ class PostgresOutbox(Outbox):
 
     async def recover(self) -> int:
         # Other replicas may be sending right now: only claims whose lease has run out are given back.
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             result = await conn.execute(
                 f"UPDATE notifications SET status = '{QUEUED}', lease_until = NULL, claimed_by = NULL,"
                 f" updated_at = $1 WHERE status = '{SENDING}' AND lease_until <= $1",
@@ -277,7 +357,7 @@ class PostgresOutbox(Outbox):
         # Two index scans, each stopping after `limit` rows: claims whose lease ran out (a dead replica's), then
         # due queued rows, earliest first. One `WHERE … OR …` would read and sort the whole backlog instead
         # (measured: 55 ms against 0.07 ms with 100,000 queued rows).
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "WITH expired AS ("
                 "   SELECT seq FROM notifications"
@@ -300,7 +380,7 @@ class PostgresOutbox(Outbox):
         return sorted((_from_record(row) for row in rows), key=lambda n: (n.next_attempt_at, n.seq or 0))
 
     async def release(self, notification_ids: Sequence[str]) -> None:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.execute(
                 f"UPDATE notifications SET status = '{QUEUED}', attempts = attempts - 1, lease_until = NULL,"
                 f" claimed_by = NULL, updated_at = $1 WHERE id = ANY($2::text[]) AND status = '{SENDING}'"
@@ -313,7 +393,7 @@ class PostgresOutbox(Outbox):
     async def _finish(self, assignments: str, notification_id: str, attempt: int | None, *args: Any) -> None:
         # With `attempt`, the outcome only lands while the row is still that claim's: a replica whose lease ran
         # out and whose row another replica claimed again (attempts + 1) cannot overwrite the newer claim.
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.execute(
                 f"UPDATE notifications SET {assignments}, lease_until = NULL"
                 " WHERE id = $1 AND ($2::integer IS NULL OR (status = 'sending' AND attempts = $2))",
@@ -371,7 +451,7 @@ class PostgresOutbox(Outbox):
         )
 
     async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
-        async with self._connection() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"UPDATE notifications SET status = '{QUEUED}', attempts = 0, next_attempt_at = $2,"
                 f" updated_at = $2 WHERE id = $1 AND status = '{FAILED}' RETURNING {_COLUMNS}",
@@ -383,9 +463,64 @@ class PostgresOutbox(Outbox):
         return _from_record(row) if row else None
 
     async def check_writable(self) -> None:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.execute(
                 "INSERT INTO heartbeat (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
                 time.time(),
                 timeout=PROBE_TIMEOUT_SECONDS,
             )
+
+    # -- the operator's view (migration 0003) ---------------------------------------------------------
+
+    @staticmethod
+    async def _gauges(conn: asyncpg.Connection) -> QueueGauges:
+        counts = dict.fromkeys(STATUSES, 0)
+        for row in await conn.fetch("SELECT status, sum(count) AS count FROM notification_counts GROUP BY status"):
+            counts[row["status"]] = int(row["count"])
+        # seq follows acceptance order, so the (status, seq) index finds the oldest queued row at once.
+        oldest = await conn.fetchval(
+            f"SELECT created_at FROM notifications WHERE status = '{QUEUED}' ORDER BY seq LIMIT 1"
+        )
+        return QueueGauges(counts=counts, oldest_queued_at=oldest)
+
+    async def queue_gauges(self) -> QueueGauges:
+        async with self.connection() as conn:
+            return await self._gauges(conn)
+
+    async def queue_stats(self, now: float, *, minutes: int, errors: int) -> QueueStats:
+        current_minute = int(now // 60)
+        first_minute = current_minute - minutes + 1
+        # One snapshot: the counts, the per-minute series and the errors agree with each other.
+        async with self.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            gauges = await self._gauges(conn)
+            sent = {
+                int(row["minute"]): int(row["count"])
+                for row in await conn.fetch(
+                    "SELECT floor(sent_at / 60) AS minute, count(*) AS count FROM notifications"
+                    " WHERE sent_at IS NOT NULL AND sent_at >= $1 GROUP BY minute",
+                    first_minute * 60.0,
+                )
+            }
+            rows = await conn.fetch(
+                "SELECT id, status, attempts, last_error, updated_at, request_id FROM notifications"
+                f" WHERE last_error IS NOT NULL AND status <> '{SENT}'"
+                " ORDER BY updated_at DESC LIMIT $1",
+                errors,
+            )
+        return QueueStats(
+            gauges=gauges,
+            sent_per_minute=[
+                (minute * 60.0, sent.get(minute, 0)) for minute in range(first_minute, current_minute + 1)
+            ],
+            recent_errors=[
+                ErrorEntry(
+                    notification_id=row["id"],
+                    status=row["status"],
+                    attempts=row["attempts"],
+                    error=row["last_error"],
+                    at=row["updated_at"],
+                    request_id=row["request_id"],
+                )
+                for row in rows
+            ],
+        )
