@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with suppress(asyncio.CancelledError):
                 await sweeper
             await job_runner.stop()
+            await job_store.close()
             await dispatcher.stop()
             await outbox.close()
             log.info("service_stopped")

@@ -243,13 +243,21 @@ class PostgresOutbox(Outbox):
                     raise QueueFull(unsent, self.queue_limit, len(notifications))
             if idempotency is not None and not await self._insert_idempotency(conn, idempotency, now):
                 raise IdempotencyKeyTaken(idempotency.key)
-            await conn.executemany(
-                "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
-                " created_at, updated_at, next_attempt_at) VALUES ($1, 'queued', $2, $3, $4, 0, $5, $5, $5)",
-                [(n.id, _content(n), n.message_id, n.request_id, n.created_at) for n in notifications],
-            )
-            # Delivered to every listener when (and only if) the transaction commits.
-            await conn.execute(f"NOTIFY {CHANNEL}")
+            await self.insert_notifications(conn, notifications)
+
+    @staticmethod
+    async def insert_notifications(
+        conn: asyncpg.Connection, notifications: Sequence[Notification], *, job_id: str | None = None
+    ) -> None:
+        """Insert new notifications (`queued`, due at once) inside the caller's transaction, and wake every
+        replica's dispatcher when it commits."""
+        await conn.executemany(
+            "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
+            " created_at, updated_at, next_attempt_at, job_id) VALUES ($1, 'queued', $2, $3, $4, 0, $5, $5, $5, $6)",
+            [(n.id, _content(n), n.message_id, n.request_id, n.created_at, job_id) for n in notifications],
+        )
+        # Delivered to every listener when (and only if) the transaction commits.
+        await conn.execute(f"NOTIFY {CHANNEL}")
 
     @staticmethod
     async def _insert_idempotency(conn: asyncpg.Connection, record: IdempotencyRecord, now: float) -> bool:

@@ -246,20 +246,27 @@ class SqliteOutbox(Outbox):
                 if idempotency is not None and not self._insert_idempotency(db, idempotency, now):
                     refusals.append(IdempotencyKeyTaken(idempotency.key))
                     continue
-                db.executemany(
-                    "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
-                    " created_at, updated_at, next_attempt_at) VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?)",
-                    [
-                        (n.id, _content(n), n.message_id, n.request_id, n.created_at, n.created_at, n.created_at)
-                        for n in notifications
-                    ],
-                )
+                self.insert_notifications(db, notifications)
                 unsent += len(notifications)
                 refusals.append(None)
             return unsent, refusals
 
         self._unsent, refusals = self._transaction(db, insert_all)
         return refusals
+
+    @staticmethod
+    def insert_notifications(
+        db: sqlite3.Connection, notifications: Sequence[Notification], *, job_id: str | None = None
+    ) -> None:
+        """Insert new notifications (`queued`, due at once) inside the caller's transaction."""
+        db.executemany(
+            "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
+            " created_at, updated_at, next_attempt_at, job_id) VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?)",
+            [
+                (n.id, _content(n), n.message_id, n.request_id, n.created_at, n.created_at, n.created_at, job_id)
+                for n in notifications
+            ],
+        )
 
     @staticmethod
     def _insert_idempotency(db: sqlite3.Connection, record: IdempotencyRecord, now: float) -> bool:
@@ -287,6 +294,26 @@ class SqliteOutbox(Outbox):
             ).rowcount
             == 1
         )
+
+    # -- for the stores that share this file (the job store) -------------------------------------------
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(db)` on the outbox thread, outside any transaction (reads)."""
+        return await self._run(fn)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, added: int = 0) -> T:
+        """Run `fn(db)` in one write transaction on the outbox thread.
+
+        `added` is how many notifications `fn` inserts: the unsent count follows them once they are committed,
+        as it does for add(), so the queue limit keeps counting them until they are sent.
+        """
+
+        def write(db: sqlite3.Connection) -> T:
+            result = self._transaction(db, fn)
+            self._unsent += added
+            return result
+
+        return await self._run(write)
 
     async def count_unsent(self) -> int:
         return self._unsent
