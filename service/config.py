@@ -144,7 +144,8 @@ class Settings(BaseSettings):
             raise ValueError("OUTBOX_URL must start with postgresql:// (unset it to use the SQLite file)")
         # A claimed notification can wait in the dispatcher's queue for one send of another worker, then take
         # one send of its own: the lease must outlast both, or another replica would send it a second time.
-        if self.LEASE_SECONDS <= 2 * self.SEND_TIMEOUT_SECONDS:
+        # Only PostgreSQL has leases; the SQLite file has one process and no lease to run out.
+        if url is not None and self.LEASE_SECONDS <= 2 * self.SEND_TIMEOUT_SECONDS:
             raise ValueError("LEASE_SECONDS must be more than twice SEND_TIMEOUT_SECONDS")
         return self
 

@@ -54,10 +54,20 @@ def test_a_bad_secret_is_named_but_never_echoed(tmp_path: Path) -> None:
 
 
 def test_a_lease_shorter_than_two_sends_is_refused(tmp_path: Path) -> None:
-    result = start_with({"SEND_TIMEOUT_SECONDS": "30", "LEASE_SECONDS": "60"}, tmp_path)
+    result = start_with(
+        {"SEND_TIMEOUT_SECONDS": "30", "LEASE_SECONDS": "60", "OUTBOX_URL": "postgresql://db/app"}, tmp_path
+    )
 
     assert result.returncode == 2
     assert "LEASE_SECONDS must be more than twice SEND_TIMEOUT_SECONDS" in result.stderr
+
+
+def test_the_lease_does_not_bound_sends_on_the_sqlite_file() -> None:
+    from service.config import Settings
+
+    settings = Settings(_env_file=None, SEND_TIMEOUT_SECONDS=90)  # type: ignore[call-arg]
+
+    assert settings.SEND_TIMEOUT_SECONDS == 90
 
 
 def test_an_outbox_url_that_is_not_postgresql_is_refused_without_echoing_it(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ async def replicas(postgres_url: str) -> AsyncIterator[tuple[PostgresOutbox, Pos
     await second.close()
 
 
-async def test_added_notifications_are_stored_when_add_returns(backend: Backend, outbox: Outbox) -> None:
+async def test_added_notifications_are_on_disk_when_add_returns(backend: Backend, outbox: Outbox) -> None:
     n = notification(cc=["c@example.com"], metadata={"k": "v"}, request_id="r1", html="<p>x</p>")
 
     await outbox.add([n])
