@@ -59,7 +59,7 @@ _COLUMNS = (
 _RETURNING = ", ".join(f"n.{column.strip()}" for column in _COLUMNS.split(","))
 
 # Notifications queued or sending, from the kept counts (migration 0003).
-_UNSENT = f"SELECT coalesce(sum(count), 0) FROM notification_counts WHERE status IN ('{QUEUED}', '{SENDING}')"
+UNSENT_QUERY = f"SELECT coalesce(sum(count), 0) FROM notification_counts WHERE status IN ('{QUEUED}', '{SENDING}')"
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -238,7 +238,7 @@ class PostgresOutbox(Outbox):
                 # The kept counts, committed by every replica: 64 rows summed, not a count of the backlog.
                 # Under READ COMMITTED two replicas adding at the same moment may each see the other's rows
                 # missing, so the queue can pass the limit by the adds in flight at once, never by more.
-                unsent = await conn.fetchval(_UNSENT)
+                unsent = await conn.fetchval(UNSENT_QUERY)
                 if unsent + len(notifications) > self.queue_limit:
                     raise QueueFull(unsent, self.queue_limit, len(notifications))
             if idempotency is not None and not await self._insert_idempotency(conn, idempotency, now):
@@ -288,7 +288,7 @@ class PostgresOutbox(Outbox):
 
     async def count_unsent(self) -> int:
         async with self.connection() as conn:
-            return int(await conn.fetchval(_UNSENT))
+            return int(await conn.fetchval(UNSENT_QUERY))
 
     async def get_idempotency(self, scope: str, key: str, now: float) -> IdempotencyRecord | None:
         async with self.connection() as conn:
