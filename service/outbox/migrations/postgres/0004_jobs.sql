@@ -1,6 +1,6 @@
 -- CSV mail-merge jobs, as in sqlite/0004. A job's progress (rows_done) is written in the same transaction as
 -- the rows' notifications, so a restart resumes after it, never repeats. Only one replica runs a job at a
--- time: it holds the job's row lock (FOR UPDATE SKIP LOCKED on `running` jobs) while it works on a chunk.
+-- time: the one holding its advisory lock (service/outbox/postgres_jobs.py).
 CREATE TABLE jobs (
     id           text             PRIMARY KEY,
     status       text             NOT NULL CHECK (status IN ('running', 'done', 'failed')),
