@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SECRET_FIELDS = frozenset({"SMTP_PASSWORD", "API_KEYS"})
+# OUTBOX_URL may carry a password (postgresql://user:password@host/db).
+SECRET_FIELDS = frozenset({"SMTP_PASSWORD", "API_KEYS", "OUTBOX_URL"})
 # Shortest API key accepted: a guessable key is no key.
 MIN_API_KEY_LENGTH = 16
 
@@ -115,6 +116,37 @@ class Settings(BaseSettings):
             raise ValueError("SMTP_USERNAME and SMTP_PASSWORD are set together or not at all")
         if self.RETRY_MAX_SECONDS < self.RETRY_BASE_SECONDS:
             raise ValueError("RETRY_MAX_SECONDS must be at least RETRY_BASE_SECONDS")
+        return self
+
+    # Scale-out: the outbox in PostgreSQL, shared by several replicas
+    OUTBOX_URL: SecretStr | None = Field(
+        None,
+        description="postgresql://user:password@host:5432/db puts the outbox in PostgreSQL (several replicas can"
+        " share it); unset keeps the SQLite file at OUTBOX_PATH.",
+    )
+    LEASE_SECONDS: float = Field(
+        120.0,
+        gt=0,
+        description="How long a replica's claim on a notification lasts; a replica that dies loses its claims"
+        " after it. Must exceed twice SEND_TIMEOUT_SECONDS.",
+    )
+    OUTBOX_POOL_SIZE: int = Field(10, ge=2, le=100, description="Most PostgreSQL connections of one replica.")
+
+    @field_validator("OUTBOX_URL", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_outbox_url(self) -> Settings:
+        url = self.OUTBOX_URL.get_secret_value() if self.OUTBOX_URL is not None else None
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("OUTBOX_URL must start with postgresql:// (unset it to use the SQLite file)")
+        # A claimed notification can wait in the dispatcher's queue for one send of another worker, then take
+        # one send of its own: the lease must outlast both, or another replica would send it a second time.
+        # Only PostgreSQL has leases; the SQLite file has one process and no lease to run out.
+        if url is not None and self.LEASE_SECONDS <= 2 * self.SEND_TIMEOUT_SECONDS:
+            raise ValueError("LEASE_SECONDS must be more than twice SEND_TIMEOUT_SECONDS")
         return self
 
 

@@ -58,6 +58,8 @@ class Dispatcher:
         recovered = await self.outbox.recover()
         if recovered:
             log.warning("notifications_recovered", count=recovered, reason="left sending by a previous process")
+        # Another replica's insert (shared outbox) wakes the claimer like one of ours does.
+        self.outbox.subscribe(self._wake.set)
         self._workers = [
             asyncio.create_task(self._work_forever(), name=f"dispatcher-worker-{number}")
             for number in range(self.settings.SEND_CONCURRENCY)
@@ -108,8 +110,13 @@ class Dispatcher:
         while not self._stopping:
             self._wake.clear()
             room = self._ready.maxsize - self._ready.qsize()
+            if room == 0:
+                # Woken (by an insert somewhere) while the queue is full: nothing to claim until a worker
+                # takes one, and it wakes us when it does. Asking the outbox now would only spin.
+                await self._wake.wait()
+                continue
             try:
-                claimed = await self.outbox.claim(room, time.time()) if room > 0 else []
+                claimed = await self.outbox.claim(room, time.time())
                 next_due = None if claimed else await self.outbox.next_due_at()
                 failures = 0
             except Exception as exc:
@@ -181,6 +188,7 @@ class Dispatcher:
                             error="interrupted by shutdown",
                             next_attempt_at=time.time(),
                             now=time.time(),
+                            attempt=notification.attempts,
                         )
                     )
                 )
@@ -188,7 +196,11 @@ class Dispatcher:
             self.metrics.observe_send(time.perf_counter() - started)
             await self._record(
                 self.outbox.mark_sent(
-                    notification.id, smtp_reply=delivery.smtp_reply, refused=delivery.refused, now=time.time()
+                    notification.id,
+                    smtp_reply=delivery.smtp_reply,
+                    refused=delivery.refused,
+                    now=time.time(),
+                    attempt=notification.attempts,
                 )
             )
             log.info(
@@ -204,7 +216,13 @@ class Dispatcher:
         if failure.transient and notification.attempts < self.settings.MAX_ATTEMPTS:
             delay = retry_delay(notification.attempts, self.settings)
             await self._record(
-                self.outbox.mark_retry(notification.id, error=failure.reason, next_attempt_at=now + delay, now=now)
+                self.outbox.mark_retry(
+                    notification.id,
+                    error=failure.reason,
+                    next_attempt_at=now + delay,
+                    now=now,
+                    attempt=notification.attempts,
+                )
             )
             # The claimer may be asleep until a later due time (or the slow poll): let it see this one.
             self._wake.set()
@@ -218,7 +236,11 @@ class Dispatcher:
         reason = failure.reason
         if failure.transient:
             reason = f"gave up after {notification.attempts} attempts: {failure.reason}"
-        await self._record(self.outbox.mark_failed(notification.id, error=reason, refused=failure.refused, now=now))
+        await self._record(
+            self.outbox.mark_failed(
+                notification.id, error=reason, refused=failure.refused, now=now, attempt=notification.attempts
+            )
+        )
         self.metrics.count_failed(permanent=not failure.transient)
         log.error(
             "notification_failed",

@@ -24,7 +24,7 @@ from service.limits import LIMIT_RESPONSES, BodyLimitMiddleware, queue_full_hand
 from service.logging import RequestIdMiddleware, configure_logging
 from service.mailer import SmtpProbe
 from service.metrics import HttpMetricsMiddleware, Metrics
-from service.outbox import QueueFull, open_outbox
+from service.outbox import QueueFull, describe_outbox, open_outbox
 from service.outbox.jobs import open_job_store
 from service.templates import load_templates_or_exit
 
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await job_runner.resume()
         log.info(
             "service_started",
-            outbox=str(settings.OUTBOX_PATH),
+            outbox=describe_outbox(settings),
             smtp=f"{settings.SMTP_HOST}:{settings.SMTP_PORT}",
         )
         if not settings.api_keys():
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with suppress(asyncio.CancelledError):
                 await sweeper
             await job_runner.stop()
+            await job_store.close()
             await dispatcher.stop()
             await outbox.close()
             log.info("service_stopped")

@@ -138,6 +138,8 @@ class ReadinessChecks(BaseModel):
 class Readiness(BaseModel):
     status: Literal["pass", "warn", "fail"]
     checks: ReadinessChecks
+    # The last outbox schema migration applied (None while the outbox cannot be read).
+    schema_version: int | None = None
 
 
 class StatusCounts(BaseModel):

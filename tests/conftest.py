@@ -107,3 +107,12 @@ def captured_events() -> Iterator[list[dict[str, Any]]]:
     """structlog events, with the context-bound keys (request_id, notification_id) merged in."""
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
         yield events
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """The URL of a fresh PostgreSQL database of this test's own, dropped afterwards."""
+    from tests.postgres import temporary_database
+
+    async with temporary_database() as url:
+        yield url

@@ -51,3 +51,36 @@ def test_a_bad_secret_is_named_but_never_echoed(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "SMTP_USERNAME and SMTP_PASSWORD are set together" in result.stderr
     assert "hunter2-secret" not in result.stderr + result.stdout
+
+
+def test_a_lease_shorter_than_two_sends_is_refused(tmp_path: Path) -> None:
+    result = start_with(
+        {"SEND_TIMEOUT_SECONDS": "30", "LEASE_SECONDS": "60", "OUTBOX_URL": "postgresql://db/app"}, tmp_path
+    )
+
+    assert result.returncode == 2
+    assert "LEASE_SECONDS must be more than twice SEND_TIMEOUT_SECONDS" in result.stderr
+
+
+def test_the_lease_does_not_bound_sends_on_the_sqlite_file() -> None:
+    from service.config import Settings
+
+    settings = Settings(_env_file=None, SEND_TIMEOUT_SECONDS=90)  # type: ignore[call-arg]
+
+    assert settings.SEND_TIMEOUT_SECONDS == 90
+
+
+def test_an_outbox_url_that_is_not_postgresql_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    result = start_with({"OUTBOX_URL": "mysql://app:s3cret-pw@db/app"}, tmp_path)
+
+    assert result.returncode == 2
+    assert "OUTBOX_URL must start with postgresql://" in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_an_empty_outbox_url_keeps_the_sqlite_file() -> None:
+    from service.config import Settings
+
+    settings = Settings(_env_file=None, OUTBOX_URL="")  # type: ignore[call-arg]
+
+    assert settings.OUTBOX_URL is None

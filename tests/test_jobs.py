@@ -8,8 +8,9 @@ import uuid
 from pathlib import Path
 
 from service.jobs import JobRunner
-from service.outbox.jobs import Job, SqliteJobStore
+from service.outbox.jobs import Job
 from service.outbox.sqlite import SqliteOutbox
+from service.outbox.sqlite_jobs import SqliteJobStore
 from service.templates import load_templates
 from tests.conftest import make_settings
 from tests.jobs_csv import good_addresses, people_csv

@@ -1,17 +1,28 @@
-"""The outbox's contract, against a real SQLite file."""
+"""The outbox's contract, against both implementations: a real SQLite file and a real PostgreSQL database.
+
+One parametrized fixture runs every contract test on both, so they cannot drift; what only one backend
+promises (WAL mode, a locked file, leases shared by replicas) is tested beside, on that backend alone.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from service.outbox import Notification, Outbox, OutboxUnavailable
-from service.outbox.sqlite import SqliteOutbox, _migrations
+from service.outbox.postgres import PostgresOutbox
+from service.outbox.sqlite import SqliteOutbox
+from tests.postgres import latest_migration, temporary_database
+from tests.smtp_sink import free_port
+
+LEASE_SECONDS = 300.0
 
 
 def notification(**overrides: object) -> Notification:
@@ -28,23 +39,69 @@ def notification(**overrides: object) -> Notification:
     return Notification(**values)  # type: ignore[arg-type]
 
 
+class Backend:
+    """Makes outboxes on one store: each call is another process (replica) opening the same file or database."""
+
+    def __init__(self, name: str, make: Callable[..., Outbox]) -> None:
+        self.name = name
+        # make(queue_limit=...) passes the store's options on.
+        self.make = make
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        yield Backend("sqlite", lambda **options: SqliteOutbox(tmp_path / "outbox.sqlite3", **options))
+        return
+    async with temporary_database() as url:
+        yield Backend(
+            "postgres", lambda **options: PostgresOutbox(url, lease_seconds=LEASE_SECONDS, pool_size=4, **options)
+        )
+
+
 @pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+async def outbox(backend: Backend) -> AsyncIterator[Outbox]:
+    store = backend.make()
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def sqlite_outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
     store = SqliteOutbox(tmp_path / "outbox.sqlite3")
     await store.open()
     yield store
     await store.close()
 
 
-async def test_added_notifications_are_on_disk_when_add_returns(tmp_path: Path, outbox: Outbox) -> None:
+@pytest.fixture
+async def replicas(postgres_url: str) -> AsyncIterator[tuple[PostgresOutbox, PostgresOutbox]]:
+    """Two replicas' outboxes on one PostgreSQL database."""
+    first = PostgresOutbox(postgres_url, lease_seconds=LEASE_SECONDS, pool_size=4)
+    second = PostgresOutbox(postgres_url, lease_seconds=LEASE_SECONDS, pool_size=4)
+    await first.open()
+    await second.open()
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+async def test_added_notifications_are_on_disk_when_add_returns(backend: Backend, outbox: Outbox) -> None:
     n = notification(cc=["c@example.com"], metadata={"k": "v"}, request_id="r1", html="<p>x</p>")
 
     await outbox.add([n])
 
-    # A second, independent connection sees the committed row: it is in the file, not in a buffer.
-    with sqlite3.connect(tmp_path / "outbox.sqlite3") as other:
-        assert other.execute("SELECT status FROM notifications WHERE id = ?", (n.id,)).fetchone() == ("queued",)
-    stored = await outbox.get(n.id)
+    # A second, independent outbox on the same store sees the committed row: it is stored, not buffered.
+    other = backend.make()
+    await other.open()
+    try:
+        stored = await other.get(n.id)
+    finally:
+        await other.close()
     assert stored is not None
     assert (stored.to, stored.cc, stored.metadata, stored.request_id, stored.html) == (
         n.to,
@@ -57,7 +114,7 @@ async def test_added_notifications_are_on_disk_when_add_returns(tmp_path: Path, 
     assert stored.attempts == 0
 
 
-async def test_the_file_is_in_wal_mode(tmp_path: Path, outbox: Outbox) -> None:
+async def test_the_file_is_in_wal_mode(tmp_path: Path, sqlite_outbox: Outbox) -> None:
     with sqlite3.connect(tmp_path / "outbox.sqlite3") as other:
         assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
@@ -129,16 +186,17 @@ async def test_requeue_only_takes_failed_notifications(outbox: Outbox) -> None:
     assert await outbox.requeue_failed("missing", time.time()) is None
 
 
-async def test_recover_puts_sending_back_in_the_queue(tmp_path: Path) -> None:
-    path = tmp_path / "outbox.sqlite3"
-    crashed = SqliteOutbox(path)
+async def test_recover_puts_abandoned_claims_back_in_the_queue(backend: Backend) -> None:
+    crashed = backend.make()
     await crashed.open()
-    n = notification()
+    long_ago = time.time() - 2 * LEASE_SECONDS
+    n = notification(created_at=long_ago)
     await crashed.add([n])
-    await crashed.claim(1, time.time())
+    # Claimed long ago: the claim's lease has run out, as a dead replica's would.
+    await crashed.claim(1, long_ago)
     await crashed.close()
 
-    restarted = SqliteOutbox(path)
+    restarted = backend.make()
     await restarted.open()
     try:
         assert await restarted.recover() == 1
@@ -148,6 +206,26 @@ async def test_recover_puts_sending_back_in_the_queue(tmp_path: Path) -> None:
         assert [c.id for c in await restarted.claim(5, time.time())] == [n.id]
     finally:
         await restarted.close()
+
+
+async def test_an_outcome_from_a_claim_that_was_taken_over_is_ignored(outbox: Outbox) -> None:
+    n = notification()
+    await outbox.add([n])
+    [first] = await outbox.claim(1, time.time())
+    await outbox.mark_retry(n.id, error="451 busy", next_attempt_at=time.time(), now=time.time(), attempt=1)
+    [second] = await outbox.claim(1, time.time())
+
+    # The first claim's late writes land nowhere: the row belongs to the second claim now.
+    await outbox.mark_failed(n.id, error="late", refused=[], now=time.time(), attempt=first.attempts)
+    await outbox.mark_sent(n.id, smtp_reply="250 late", refused=[], now=time.time(), attempt=first.attempts)
+    still = await outbox.get(n.id)
+    await outbox.mark_sent(n.id, smtp_reply="250 OK", refused=[], now=time.time(), attempt=second.attempts)
+    done = await outbox.get(n.id)
+
+    assert still is not None
+    assert done is not None
+    assert (still.status, still.attempts, still.smtp_reply) == ("sending", 2, None)
+    assert (done.status, done.smtp_reply) == ("sent", "250 OK")
 
 
 async def test_pages_are_newest_first_and_filtered(outbox: Outbox) -> None:
@@ -166,8 +244,6 @@ async def test_pages_are_newest_first_and_filtered(outbox: Outbox) -> None:
 
 
 async def test_many_concurrent_adds_are_all_committed(outbox: Outbox) -> None:
-    import asyncio
-
     batch = [notification() for _ in range(200)]
     await asyncio.gather(*(outbox.add([n]) for n in batch))
 
@@ -175,24 +251,24 @@ async def test_many_concurrent_adds_are_all_committed(outbox: Outbox) -> None:
     assert len(page.items) == 200
 
 
-async def test_a_locked_file_is_reported_unwritable(tmp_path: Path, outbox: Outbox) -> None:
+async def test_a_locked_file_is_reported_unwritable(tmp_path: Path, sqlite_outbox: Outbox) -> None:
     blocker = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(OutboxUnavailable):
-            await outbox.check_writable()
+            await sqlite_outbox.check_writable()
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    await outbox.check_writable()
+    await sqlite_outbox.check_writable()
 
 
-async def test_migrations_run_once_and_record_the_version(tmp_path: Path) -> None:
+async def test_migrations_run_once_and_record_the_version(backend: Backend) -> None:
     for _ in range(2):
-        store = SqliteOutbox(tmp_path / "outbox.sqlite3")
+        store = backend.make()
         await store.open()
-        # The number of the newest migration file, whichever branch added it.
-        assert await store.schema_version() == max(number for number, _ in _migrations())
+        assert await store.schema_version() == latest_migration(backend.name)
+        await store.check_writable()
         await store.close()
 
 
@@ -205,3 +281,97 @@ async def test_outbox_synchronous_decides_when_sqlite_syncs_to_disk(tmp_path: Pa
         assert await store._run(lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == level
     finally:
         await store.close()
+
+
+# -- PostgreSQL only: several replicas on one database -------------------------------------------------------
+
+
+async def test_replicas_claiming_at_once_never_take_the_same_notification(
+    replicas: tuple[PostgresOutbox, PostgresOutbox],
+) -> None:
+    first, second = replicas
+    await first.add([notification() for _ in range(300)])
+
+    async def drain(outbox: Outbox) -> list[str]:
+        taken: list[str] = []
+        while claimed := await outbox.claim(7, time.time()):
+            taken += [n.id for n in claimed]
+        return taken
+
+    by_first, by_second = await asyncio.gather(drain(first), drain(second))
+
+    assert len(by_first) + len(by_second) == 300
+    assert set(by_first).isdisjoint(by_second)
+
+
+async def test_a_live_claim_is_neither_recovered_nor_claimed_by_another_replica(
+    replicas: tuple[PostgresOutbox, PostgresOutbox],
+) -> None:
+    first, second = replicas
+    n = notification()
+    await first.add([n])
+    await first.claim(1, time.time())
+
+    # The second replica starting up must not steal the first one's claim while its lease runs.
+    assert await second.recover() == 0
+    assert await second.claim(10, time.time()) == []
+    # The claim's lease end is when the store next has something due.
+    assert await second.next_due_at() == pytest.approx(time.time() + LEASE_SECONDS, abs=5)
+
+
+async def test_another_replica_takes_over_a_claim_whose_lease_ran_out(
+    replicas: tuple[PostgresOutbox, PostgresOutbox],
+) -> None:
+    dead, alive = replicas
+    n = notification()
+    await dead.add([n])
+    [lost] = await dead.claim(1, time.time())
+
+    [taken] = await alive.claim(10, time.time() + LEASE_SECONDS + 1)
+    # The first replica's late outcome and its shutdown's give-back both miss: the claim is not its any more.
+    await dead.mark_sent(n.id, smtp_reply="250 too late", refused=[], now=time.time(), attempt=lost.attempts)
+    await dead.release([n.id])
+    await alive.mark_sent(n.id, smtp_reply="250 OK", refused=[], now=time.time(), attempt=taken.attempts)
+
+    stored = await alive.get(n.id)
+    assert (taken.id, taken.attempts) == (n.id, 2)
+    assert stored is not None
+    assert (stored.status, stored.smtp_reply, stored.attempts) == ("sent", "250 OK", 2)
+
+
+async def test_an_insert_by_one_replica_wakes_the_others(replicas: tuple[PostgresOutbox, PostgresOutbox]) -> None:
+    first, second = replicas
+    woken = asyncio.Event()
+    # The listener wakes its subscribers once when it connects (it may have missed something): let that pass.
+    await asyncio.sleep(0.5)
+    second.subscribe(woken.set)
+
+    await first.add([notification()])
+
+    async with asyncio.timeout(5):
+        await woken.wait()
+
+
+async def test_replicas_opening_together_apply_each_migration_once(postgres_url: str) -> None:
+    stores = [PostgresOutbox(postgres_url, lease_seconds=LEASE_SECONDS, pool_size=2) for _ in range(4)]
+
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        versions = [await store.schema_version() for store in stores]
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        applied = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    finally:
+        await conn.close()
+    assert versions == [latest_migration("postgres")] * 4
+    assert [row["version"] for row in applied] == list(range(1, latest_migration("postgres") + 1))
+
+
+async def test_an_unreachable_database_is_reported_at_open() -> None:
+    store = PostgresOutbox(f"postgresql://postgres@127.0.0.1:{free_port()}/none", lease_seconds=LEASE_SECONDS)
+
+    with pytest.raises(OutboxUnavailable):
+        await store.open()

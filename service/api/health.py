@@ -24,12 +24,18 @@ async def live() -> dict[str, str]:
     summary="pass: ready; warn: SMTP unreachable, mail is accepted and waits; fail: outbox unwritable",
 )
 async def ready(outbox: OutboxDep, smtp_probe: SmtpProbeDep) -> JSONResponse:
+    schema_version = None
     try:
         await outbox.check_writable()
         outbox_check = "pass"
+        schema_version = await outbox.schema_version()
     except OutboxUnavailable:
         outbox_check = "fail"
     smtp_check = "pass" if await smtp_probe.check() else "fail"
     overall = "fail" if outbox_check == "fail" else "warn" if smtp_check == "fail" else "pass"
-    body = Readiness(status=overall, checks=ReadinessChecks(outbox=outbox_check, smtp=smtp_check))
+    body = Readiness(
+        status=overall,
+        checks=ReadinessChecks(outbox=outbox_check, smtp=smtp_check),
+        schema_version=schema_version,
+    )
     return JSONResponse(body.model_dump(), status_code=503 if overall == "fail" else 200)

@@ -7,7 +7,7 @@ The dispatcher and the routes only ever talk to this interface.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,18 +170,36 @@ class Outbox(abc.ABC):
     async def release(self, notification_ids: Sequence[str]) -> None:
         """Give back claimed notifications that were never tried: `queued`, the attempt not counted."""
 
+    # The outcome writes take the claim's `attempt` (its attempts number): given, the write only lands while the
+    # row is still `sending` under that claim, so a claimer whose claim was taken over (a lease that ran out)
+    # cannot overwrite the newer claim's outcome.
+
     @abc.abstractmethod
     async def mark_sent(
-        self, notification_id: str, *, smtp_reply: str, refused: list[dict[str, Any]], now: float
+        self,
+        notification_id: str,
+        *,
+        smtp_reply: str,
+        refused: list[dict[str, Any]],
+        now: float,
+        attempt: int | None = None,
     ) -> None: ...
 
     @abc.abstractmethod
-    async def mark_retry(self, notification_id: str, *, error: str, next_attempt_at: float, now: float) -> None:
+    async def mark_retry(
+        self, notification_id: str, *, error: str, next_attempt_at: float, now: float, attempt: int | None = None
+    ) -> None:
         """A transient failure: back to `queued`, due again at `next_attempt_at`."""
 
     @abc.abstractmethod
     async def mark_failed(
-        self, notification_id: str, *, error: str, refused: list[dict[str, Any]], now: float
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        refused: list[dict[str, Any]],
+        now: float,
+        attempt: int | None = None,
     ) -> None: ...
 
     @abc.abstractmethod
@@ -211,8 +229,26 @@ class Outbox(abc.ABC):
     async def check_writable(self) -> None:
         """Raise OutboxUnavailable unless a write goes through now."""
 
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (on the event loop) when another process may have added due work.
+
+        A store only one process writes needs nothing here (the default); a shared one (PostgreSQL) calls it
+        on every insert by any replica. Best effort: the dispatcher's slow poll covers a missed wake-up.
+        """
+        return None
+
 
 def open_outbox(settings: Any) -> Outbox:
+    """PostgreSQL when OUTBOX_URL is set (several replicas share it), else the SQLite file at OUTBOX_PATH."""
+    if settings.OUTBOX_URL is not None:
+        from service.outbox.postgres import PostgresOutbox
+
+        return PostgresOutbox(
+            settings.OUTBOX_URL.get_secret_value(),
+            lease_seconds=settings.LEASE_SECONDS,
+            pool_size=settings.OUTBOX_POOL_SIZE,
+            queue_limit=getattr(settings, "QUEUE_LIMIT", None),
+        )
     from service.outbox.sqlite import SqliteOutbox
 
     return SqliteOutbox(
@@ -220,3 +256,12 @@ def open_outbox(settings: Any) -> Outbox:
         synchronous=settings.OUTBOX_SYNCHRONOUS,
         queue_limit=getattr(settings, "QUEUE_LIMIT", None),
     )
+
+
+def describe_outbox(settings: Any) -> str:
+    """Where the outbox lives, for logs: the file, or the database URL without its password."""
+    if settings.OUTBOX_URL is not None:
+        from service.outbox.postgres import redact
+
+        return redact(settings.OUTBOX_URL.get_secret_value())
+    return str(settings.OUTBOX_PATH)

@@ -54,6 +54,10 @@ _COLUMNS = (
 )
 
 
+# With an `attempt`, an outcome only lands while the row is still that claim's (see Outbox.mark_sent).
+_STILL_CLAIMED = f"AND (:attempt IS NULL OR (status = '{SENDING}' AND attempts = :attempt))"
+
+
 def _migrations() -> list[tuple[int, str]]:
     folder = resources.files("service.outbox") / "migrations" / "sqlite"
     found = []
@@ -242,20 +246,27 @@ class SqliteOutbox(Outbox):
                 if idempotency is not None and not self._insert_idempotency(db, idempotency, now):
                     refusals.append(IdempotencyKeyTaken(idempotency.key))
                     continue
-                db.executemany(
-                    "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
-                    " created_at, updated_at, next_attempt_at) VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?)",
-                    [
-                        (n.id, _content(n), n.message_id, n.request_id, n.created_at, n.created_at, n.created_at)
-                        for n in notifications
-                    ],
-                )
+                self.insert_notifications(db, notifications)
                 unsent += len(notifications)
                 refusals.append(None)
             return unsent, refusals
 
         self._unsent, refusals = self._transaction(db, insert_all)
         return refusals
+
+    @staticmethod
+    def insert_notifications(
+        db: sqlite3.Connection, notifications: Sequence[Notification], *, job_id: str | None = None
+    ) -> None:
+        """Insert new notifications (`queued`, due at once) inside the caller's transaction."""
+        db.executemany(
+            "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
+            " created_at, updated_at, next_attempt_at, job_id) VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?)",
+            [
+                (n.id, _content(n), n.message_id, n.request_id, n.created_at, n.created_at, n.created_at, job_id)
+                for n in notifications
+            ],
+        )
 
     @staticmethod
     def _insert_idempotency(db: sqlite3.Connection, record: IdempotencyRecord, now: float) -> bool:
@@ -283,6 +294,26 @@ class SqliteOutbox(Outbox):
             ).rowcount
             == 1
         )
+
+    # -- for the stores that share this file (the job store) -------------------------------------------
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(db)` on the outbox thread, outside any transaction (reads)."""
+        return await self._run(fn)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, added: int = 0) -> T:
+        """Run `fn(db)` in one write transaction on the outbox thread.
+
+        `added` is how many notifications `fn` inserts: the unsent count follows them once they are committed,
+        as it does for add(), so the queue limit keeps counting them until they are sent.
+        """
+
+        def write(db: sqlite3.Connection) -> T:
+            result = self._transaction(db, fn)
+            self._unsent += added
+            return result
+
+        return await self._run(write)
 
     async def count_unsent(self) -> int:
         return self._unsent
@@ -399,8 +430,9 @@ class SqliteOutbox(Outbox):
 
         def finish(db: sqlite3.Connection) -> bool:
             row = db.execute("SELECT status FROM notifications WHERE id = :id", params).fetchone()
-            db.execute(sql, params)
-            return row is not None and row[0] in (QUEUED, SENDING)
+            # A guarded update (the claim is no longer ours) changes nothing, and neither does the count.
+            changed = db.execute(sql, params).rowcount == 1
+            return changed and row is not None and row[0] in (QUEUED, SENDING)
 
         def finish_and_count(db: sqlite3.Connection) -> None:
             if self._transaction(db, finish):
@@ -409,32 +441,50 @@ class SqliteOutbox(Outbox):
         await self._run(finish_and_count)
 
     async def mark_sent(
-        self, notification_id: str, *, smtp_reply: str, refused: list[dict[str, Any]], now: float
+        self,
+        notification_id: str,
+        *,
+        smtp_reply: str,
+        refused: list[dict[str, Any]],
+        now: float,
+        attempt: int | None = None,
     ) -> None:
         await self._finish(
             f"UPDATE notifications SET status = '{SENT}', smtp_reply = :reply, refused = :refused,"
-            " sent_at = :now, updated_at = :now WHERE id = :id",
+            f" sent_at = :now, updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
             {
                 "id": notification_id,
+                "attempt": attempt,
                 "reply": smtp_reply,
                 "refused": json.dumps(refused) if refused else None,
                 "now": now,
             },
         )
 
-    async def mark_retry(self, notification_id: str, *, error: str, next_attempt_at: float, now: float) -> None:
+    async def mark_retry(
+        self, notification_id: str, *, error: str, next_attempt_at: float, now: float, attempt: int | None = None
+    ) -> None:
         await self._update(
             f"UPDATE notifications SET status = '{QUEUED}', last_error = :error,"
-            " next_attempt_at = :next, updated_at = :now WHERE id = :id",
-            {"id": notification_id, "error": error, "next": next_attempt_at, "now": now},
+            f" next_attempt_at = :next, updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
+            {"id": notification_id, "attempt": attempt, "error": error, "next": next_attempt_at, "now": now},
         )
 
-    async def mark_failed(self, notification_id: str, *, error: str, refused: list[dict[str, Any]], now: float) -> None:
+    async def mark_failed(
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        refused: list[dict[str, Any]],
+        now: float,
+        attempt: int | None = None,
+    ) -> None:
         await self._finish(
             f"UPDATE notifications SET status = '{FAILED}', last_error = :error, refused = :refused,"
-            " updated_at = :now WHERE id = :id",
+            f" updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
             {
                 "id": notification_id,
+                "attempt": attempt,
                 "error": error,
                 "refused": json.dumps(refused) if refused else None,
                 "now": now,

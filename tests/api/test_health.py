@@ -6,6 +6,9 @@ import sqlite3
 from pathlib import Path
 
 from tests.conftest import Service, make_settings, running
+from tests.postgres import latest_migration
+
+LATEST_SQLITE_MIGRATION = latest_migration("sqlite")
 
 
 async def test_live_answers_while_the_process_serves(service: Service) -> None:
@@ -19,7 +22,11 @@ async def test_ready_passes_with_smtp_and_outbox_working(service: Service) -> No
     response = await service.client.get("/health/ready")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "pass", "checks": {"outbox": "pass", "smtp": "pass"}}
+    assert response.json() == {
+        "status": "pass",
+        "checks": {"outbox": "pass", "smtp": "pass"},
+        "schema_version": LATEST_SQLITE_MIGRATION,
+    }
 
 
 async def test_ready_warns_while_smtp_is_unreachable_and_mail_is_still_accepted(
@@ -32,7 +39,11 @@ async def test_ready_warns_while_smtp_is_unreachable_and_mail_is_still_accepted(
         )
 
     assert response.status_code == 200
-    assert response.json() == {"status": "warn", "checks": {"outbox": "pass", "smtp": "fail"}}
+    assert response.json() == {
+        "status": "warn",
+        "checks": {"outbox": "pass", "smtp": "fail"},
+        "schema_version": LATEST_SQLITE_MIGRATION,
+    }
     assert accepted.status_code == 202
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from service.config import Settings
-from service.outbox import IdempotencyKeyTaken, IdempotencyRecord, Notification, QueueFull
-from service.outbox.sqlite import SqliteOutbox
 from tests.conftest import MAIL, make_settings, running
 from tests.smtp_sink import SmtpSink
 
@@ -156,83 +153,5 @@ async def test_malformed_keys_are_422(settings: Settings, key: str) -> None:
     assert response.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
 
 
-# -- the outbox: key and notification in one transaction ------------------------------------------------------
-
-
-def note() -> Notification:
-    notification_id = str(uuid.uuid4())
-    return Notification(
-        id=notification_id,
-        to=["ada@example.com"],
-        subject="s",
-        text="t",
-        message_id=f"<{notification_id}@example.com>",
-        created_at=time.time(),
-    )
-
-
-def record(key: str, ttl: float = 60) -> IdempotencyRecord:
-    now = time.time()
-    return IdempotencyRecord(
-        scope="",
-        key=key,
-        fingerprint="f",
-        status_code=202,
-        body=b"{}",
-        headers={},
-        created_at=now,
-        expires_at=now + ttl,
-    )
-
-
-async def test_a_taken_key_adds_no_notification_and_others_in_the_same_commit_go_in(tmp_path: Path) -> None:
-    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
-    await outbox.open()
-    try:
-        await outbox.add([note()], idempotency=record("k"))
-        results = await asyncio.gather(
-            outbox.add([note()], idempotency=record("k")),
-            outbox.add([note()], idempotency=record("other")),
-            return_exceptions=True,
-        )
-        assert isinstance(results[0], IdempotencyKeyTaken)
-        assert results[1] is None
-        assert await outbox.count_unsent() == 2
-        assert await outbox.get_idempotency("", "k", time.time()) is not None
-        assert await outbox.get_idempotency("", "k", time.time() + 120) is None
-        # An expired key may be used again.
-        await outbox.add([note()], idempotency=record("gone", ttl=-1))
-        await outbox.add([note()], idempotency=record("gone"))
-        assert await outbox.count_unsent() == 4
-    finally:
-        await outbox.close()
-
-
-async def test_a_failed_commit_stores_neither_key_nor_notification(tmp_path: Path) -> None:
-    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
-    await outbox.open()
-    try:
-        existing = note()
-        await outbox.add([existing])
-        # A second row with the same id breaks the transaction after the key's row was written in it.
-        with pytest.raises(Exception, match="UNIQUE"):
-            await outbox.add([note(), existing], idempotency=record("k"))
-        assert await outbox.get_idempotency("", "k", time.time()) is None
-        assert await outbox.count_unsent() == 1
-    finally:
-        await outbox.close()
-    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
-        assert db.execute("SELECT count(*) FROM notifications").fetchone() == (1,)
-        assert db.execute("SELECT count(*) FROM idempotency_keys").fetchone() == (0,)
-
-
-async def test_queue_full_stores_no_key(tmp_path: Path) -> None:
-    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3", queue_limit=1)
-    await outbox.open()
-    try:
-        await outbox.add([note()])
-        with pytest.raises(QueueFull):
-            await outbox.add([note()], idempotency=record("k"))
-        assert await outbox.get_idempotency("", "k", time.time()) is None
-    finally:
-        await outbox.close()
+# The outbox's side (key and notifications in one transaction) is tested on both backends in
+# tests/test_outbox_idempotency.py.

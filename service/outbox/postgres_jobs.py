@@ -1,0 +1,177 @@
+"""The job store in the PostgreSQL outbox's database, shared by every replica.
+
+A job's CSV is on the disk of the replica that took the upload, and only one replica may turn it into mail:
+the replica running a job holds a session advisory lock on it, on a connection of the store's own. At start a
+replica resumes only the `running` jobs whose file it has and whose lock it gets; when a replica dies its
+connection goes and with it the lock, so the next replica to start with that file resumes the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+
+from service.outbox import FAILED, QUEUED, SENDING, SENT, Notification, OutboxUnavailable
+from service.outbox.jobs import RUNNING, Job, JobStore, RowError
+from service.outbox.postgres import PostgresOutbox, redact
+
+# The first half of a job lock's key (pg_advisory_lock(int, int)); the second is hashtext(job id).
+JOB_LOCK_CLASS = 0x6A6F62  # "job"
+
+_JOB_COLUMNS = (
+    "id, status, template, csv_path, request_id, total_rows, rows_done, accepted, rejected, reason,"
+    " created_at, finished_at"
+)
+
+
+def _job(row: asyncpg.Record) -> Job:
+    return Job(**dict(row.items()))
+
+
+class PostgresJobStore(JobStore):
+    def __init__(self, outbox: PostgresOutbox) -> None:
+        self.outbox = outbox
+        # Holds the advisory locks of the jobs this replica runs; they last as long as this connection.
+        self._locks: asyncpg.Connection | None = None
+        self._locks_guard = asyncio.Lock()
+        # The jobs whose lock this replica holds (a session may take its own advisory lock again: we don't).
+        self._held: set[str] = set()
+
+    async def _lock(self, job_id: str) -> bool:
+        """Take the job for this replica; False when another live replica runs it."""
+        async with self._locks_guard:
+            if self._locks is None or self._locks.is_closed():
+                self._held.clear()
+            elif job_id in self._held:
+                return False
+            try:
+                if self._locks is None or self._locks.is_closed():
+                    self._locks = await asyncpg.connect(self.outbox.url)
+                taken = await self._locks.fetchval(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))", JOB_LOCK_CLASS, job_id
+                )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise OutboxUnavailable(f"outbox {redact(self.outbox.url)}: {exc}") from exc
+            if taken:
+                self._held.add(job_id)
+            return bool(taken)
+
+    async def _unlock(self, job_id: str) -> None:
+        async with self._locks_guard:
+            self._held.discard(job_id)
+            # When the connection is gone, the lock went with it.
+            if self._locks is not None and not self._locks.is_closed():
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await self._locks.execute("SELECT pg_advisory_unlock($1, hashtext($2))", JOB_LOCK_CLASS, job_id)
+
+    async def close(self) -> None:
+        async with self._locks_guard:
+            self._held.clear()
+            if self._locks is not None:
+                await self._locks.close()
+                self._locks = None
+
+    async def create(self, job: Job) -> None:
+        async with self.outbox.connection() as conn:
+            await conn.execute(
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                job.id,
+                job.status,
+                job.template,
+                job.csv_path,
+                job.request_id,
+                job.total_rows,
+                job.rows_done,
+                job.accepted,
+                job.rejected,
+                job.reason,
+                job.created_at,
+                job.finished_at,
+            )
+        await self._lock(job.id)
+
+    async def get(self, job_id: str, *, errors: int = 100) -> Job | None:
+        async with self.outbox.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            row = await conn.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+            if row is None:
+                return None
+            job = _job(row)
+            counts = {
+                r["status"]: r["count"]
+                for r in await conn.fetch(
+                    "SELECT status, count(*) AS count FROM notifications WHERE job_id = $1 GROUP BY status", job_id
+                )
+            }
+            error_rows = await conn.fetch(
+                "SELECT row, email, reason FROM job_errors WHERE job_id = $1 ORDER BY row LIMIT $2", job_id, errors
+            )
+        job.queued = counts.get(QUEUED, 0) + counts.get(SENDING, 0)
+        job.sent = counts.get(SENT, 0)
+        job.failed = counts.get(FAILED, 0)
+        job.errors = [RowError(r["row"], r["email"], r["reason"]) for r in error_rows]
+        return job
+
+    async def running(self) -> list[Job]:
+        async with self.outbox.connection() as conn:
+            rows = await conn.fetch(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = $1 ORDER BY created_at", RUNNING)
+        mine = []
+        for job in map(_job, rows):
+            # Another replica's upload (not on this disk) is left to that replica.
+            if await asyncio.to_thread(Path(job.csv_path).exists) and await self._lock(job.id):
+                mine.append(job)
+        return mine
+
+    async def waiting(self, job_id: str) -> int:
+        async with self.outbox.connection() as conn:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM notifications WHERE job_id = $1 AND status IN ($2, $3)",
+                    job_id,
+                    QUEUED,
+                    SENDING,
+                )
+            )
+
+    async def set_total(self, job_id: str, total_rows: int) -> None:
+        async with self.outbox.connection() as conn:
+            await conn.execute("UPDATE jobs SET total_rows = $1 WHERE id = $2", total_rows, job_id)
+
+    async def add_chunk(
+        self, job_id: str, notifications: Sequence[Notification], errors: Sequence[RowError], rows_done: int
+    ) -> None:
+        async with self.outbox.connection() as conn, conn.transaction():
+            if notifications:
+                await self.outbox.insert_notifications(conn, notifications, job_id=job_id)
+            if errors:
+                await conn.executemany(
+                    "INSERT INTO job_errors (job_id, row, email, reason) VALUES ($1, $2, $3, $4)",
+                    [(job_id, e.row, e.email, e.reason) for e in errors],
+                )
+            await conn.execute(
+                "UPDATE jobs SET rows_done = $1, accepted = accepted + $2, rejected = rejected + $3 WHERE id = $4",
+                rows_done,
+                len(notifications),
+                len(errors),
+                job_id,
+            )
+
+    async def finish(self, job_id: str, *, status: str, reason: str | None, now: float) -> None:
+        async with self.outbox.connection() as conn:
+            await conn.execute(
+                "UPDATE jobs SET status = $1, reason = $2, finished_at = $3 WHERE id = $4", status, reason, now, job_id
+            )
+        await self._unlock(job_id)
+
+    async def errors_after(self, job_id: str, row: int, limit: int) -> list[RowError]:
+        async with self.outbox.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT row, email, reason FROM job_errors WHERE job_id = $1 AND row > $2 ORDER BY row LIMIT $3",
+                job_id,
+                row,
+                limit,
+            )
+        return [RowError(r["row"], r["email"], r["reason"]) for r in rows]

@@ -1,0 +1,131 @@
+"""The job store in the SQLite outbox's file: it runs on the outbox's thread, through its read() and write().
+
+One process owns the file, so every `running` job is this process's to resume.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from service.outbox import FAILED, QUEUED, SENDING, SENT, Notification
+from service.outbox.jobs import RUNNING, Job, JobStore, RowError
+from service.outbox.sqlite import SqliteOutbox
+
+_JOB_COLUMNS = (
+    "id, status, template, csv_path, request_id, total_rows, rows_done, accepted, rejected, reason,"
+    " created_at, finished_at"
+)
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row is not a mapping
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, outbox: SqliteOutbox) -> None:
+        self.outbox = outbox
+
+    async def create(self, job: Job) -> None:
+        def create(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES"
+                " (:id, :status, :template, :csv_path, :request_id, :total_rows, :rows_done, :accepted, :rejected,"
+                " :reason, :created_at, :finished_at)",
+                {
+                    "id": job.id,
+                    "status": job.status,
+                    "template": job.template,
+                    "csv_path": job.csv_path,
+                    "request_id": job.request_id,
+                    "total_rows": job.total_rows,
+                    "rows_done": job.rows_done,
+                    "accepted": job.accepted,
+                    "rejected": job.rejected,
+                    "reason": job.reason,
+                    "created_at": job.created_at,
+                    "finished_at": job.finished_at,
+                },
+            )
+
+        await self.outbox.write(create)
+
+    async def get(self, job_id: str, *, errors: int = 100) -> Job | None:
+        def get(db: sqlite3.Connection) -> Job | None:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            job = _job(row)
+            counts = dict(
+                db.execute(
+                    "SELECT status, count(*) FROM notifications WHERE job_id = ? GROUP BY status", (job_id,)
+                ).fetchall()
+            )
+            job.queued = counts.get(QUEUED, 0) + counts.get(SENDING, 0)
+            job.sent = counts.get(SENT, 0)
+            job.failed = counts.get(FAILED, 0)
+            job.errors = [
+                RowError(r["row"], r["email"], r["reason"])
+                for r in db.execute(
+                    "SELECT row, email, reason FROM job_errors WHERE job_id = ? ORDER BY row LIMIT ?", (job_id, errors)
+                )
+            ]
+            return job
+
+        return await self.outbox.read(get)
+
+    async def running(self) -> list[Job]:
+        def running(db: sqlite3.Connection) -> list[Job]:
+            rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY created_at", (RUNNING,))
+            return [_job(row) for row in rows]
+
+        return await self.outbox.read(running)
+
+    async def waiting(self, job_id: str) -> int:
+        def waiting(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "SELECT count(*) FROM notifications WHERE job_id = ? AND status IN (?, ?)", (job_id, QUEUED, SENDING)
+            ).fetchone()
+            return int(row[0])
+
+        return await self.outbox.read(waiting)
+
+    async def set_total(self, job_id: str, total_rows: int) -> None:
+        await self.outbox.write(
+            lambda db: db.execute("UPDATE jobs SET total_rows = ? WHERE id = ?", (total_rows, job_id))
+        )
+
+    async def add_chunk(
+        self, job_id: str, notifications: Sequence[Notification], errors: Sequence[RowError], rows_done: int
+    ) -> None:
+        def add_chunk(db: sqlite3.Connection) -> None:
+            self.outbox.insert_notifications(db, notifications, job_id=job_id)
+            db.executemany(
+                "INSERT INTO job_errors (job_id, row, email, reason) VALUES (?, ?, ?, ?)",
+                [(job_id, e.row, e.email, e.reason) for e in errors],
+            )
+            db.execute(
+                "UPDATE jobs SET rows_done = ?, accepted = accepted + ?, rejected = rejected + ? WHERE id = ?",
+                (rows_done, len(notifications), len(errors), job_id),
+            )
+
+        await self.outbox.write(add_chunk, added=len(notifications))
+
+    async def finish(self, job_id: str, *, status: str, reason: str | None, now: float) -> None:
+        await self.outbox.write(
+            lambda db: db.execute(
+                "UPDATE jobs SET status = ?, reason = ?, finished_at = ? WHERE id = ?", (status, reason, now, job_id)
+            )
+        )
+
+    async def errors_after(self, job_id: str, row: int, limit: int) -> list[RowError]:
+        def errors_after(db: sqlite3.Connection) -> list[RowError]:
+            return [
+                RowError(r["row"], r["email"], r["reason"])
+                for r in db.execute(
+                    "SELECT row, email, reason FROM job_errors WHERE job_id = ? AND row > ? ORDER BY row LIMIT ?",
+                    (job_id, row, limit),
+                )
+            ]
+
+        return await self.outbox.read(errors_after)
