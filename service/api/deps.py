@@ -35,12 +35,12 @@ async def get_smtp_probe(request: Request) -> SmtpProbe:
     return probe
 
 
-def get_idempotency(request: Request) -> Idempotency:
+async def get_idempotency(request: Request) -> Idempotency:
     idempotency: Idempotency = request.app.state.idempotency
     return idempotency
 
 
-def get_templates(request: Request) -> Templates:
+async def get_templates(request: Request) -> Templates:
     templates: Templates = request.app.state.templates
     return templates
 
@@ -51,7 +51,7 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 SmtpProbeDep = Annotated[SmtpProbe, Depends(get_smtp_probe)]
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 

@@ -34,12 +34,12 @@ UPLOAD_PATH = "/v1/jobs"
 FORM_FIELD_MAX_BYTES = 1024
 
 
-def get_job_store(request: Request) -> JobStore:
+async def get_job_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.job_store
     return store
 
 
-def get_job_runner(request: Request) -> JobRunner:
+async def get_job_runner(request: Request) -> JobRunner:
     runner: JobRunner = request.app.state.job_runner
     return runner
 
