@@ -18,7 +18,7 @@ import pytest
 
 from service.outbox import Notification, Outbox, OutboxUnavailable
 from service.outbox.postgres import PostgresOutbox
-from service.outbox.sqlite import SqliteOutbox
+from service.outbox.sqlite import SqliteOutbox, split_statements
 from tests.postgres import latest_migration, temporary_database
 from tests.smtp_sink import free_port
 
@@ -375,3 +375,26 @@ async def test_an_unreachable_database_is_reported_at_open() -> None:
 
     with pytest.raises(OutboxUnavailable):
         await store.open()
+
+
+def test_migration_statements_are_split_whole_even_with_triggers_and_comments() -> None:
+    script = """-- a comment; with a semicolon
+CREATE TABLE t (a INTEGER);
+CREATE TRIGGER t_insert AFTER INSERT ON t
+BEGIN
+    UPDATE t SET a = a + 1;  -- inner statement
+    UPDATE t SET a = a - 1;
+END;
+INSERT INTO t VALUES (';');
+-- trailing comment
+"""
+
+    statements = split_statements(script)
+
+    assert len(statements) == 3
+    assert statements[1].startswith("CREATE TRIGGER")
+    assert statements[1].endswith("END;")
+    db = sqlite3.connect(":memory:")
+    for statement in statements:
+        db.execute(statement)
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (1,)

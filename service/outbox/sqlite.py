@@ -67,6 +67,20 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def split_statements(script: str) -> list[str]:
+    """A migration file's statements, each whole: a trigger's BEGIN … END, with the semicolons inside it, is
+    one. (executescript() would do the splitting, but it commits first, and a migration must be atomic.)"""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if any(line.strip() and not line.strip().startswith("--") for line in pending.splitlines()):
+        statements.append(pending.strip())
+    return statements
+
+
 def _content(n: Notification) -> str:
     return json.dumps(
         {
@@ -147,9 +161,8 @@ class SqliteOutbox(Outbox):
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for number, script in _migrations():
                 if number > version:
-                    for statement in script.split(";\n"):
-                        if statement.strip():
-                            db.execute(statement)
+                    for statement in split_statements(script):
+                        db.execute(statement)
                     db.execute(f"PRAGMA user_version={number}")
             db.execute("COMMIT")
         except BaseException:

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import httpx
 
+from service.config import Settings
 from tests.smtp_sink import Received, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,10 @@ def service_env(outbox_path: Path, smtp_port: int, **overrides: Any) -> dict[str
         "LOG_FORMAT": "json",
     }
     values.update(overrides)
-    return {**os.environ, **{name: str(value) for name, value in values.items()}}
+    # Nothing from the developer's shell that the service reads (an API_KEYS or OUTBOX_URL exported there
+    # would change what these tests see); the rest (PATH, locale) stays.
+    inherited = {name: value for name, value in os.environ.items() if name not in Settings.model_fields}
+    return {**inherited, **{name: str(value) for name, value in values.items()}}
 
 
 @dataclass
