@@ -49,7 +49,7 @@ logs: ## follow the stack's logs
 smoke: install ## post a notification to the running stack and find it in MailHog (NOTIFIER_URL, MAILHOG_URL)
 	$(RUN) pytest -m compose -s tests/compose
 
-.PHONY: bench bench-burst
+.PHONY: bench bench-burst bench-replicas
 bench: uv ## measure the service beside a bare endpoint, the tutorial's way, aiosmtplib alone (wrk if installed)
 	$(UV) sync --locked --group bench --python $(PYTHON)
 	$(RUN) python -m benchmarks.bench --chart docs/bench.png
@@ -57,3 +57,8 @@ bench: uv ## measure the service beside a bare endpoint, the tutorial's way, aio
 bench-burst: uv ## 100,000 notifications at once: all accepted, all delivered, peak RSS
 	$(UV) sync --locked --group bench --python $(PYTHON)
 	$(RUN) python -m benchmarks.bench --burst
+
+REPLICAS ?= 3
+bench-replicas: uv ## SQLite (1 process) vs PostgreSQL (1 and REPLICAS=3 replicas) under the same load
+	$(UV) sync --locked --group bench --python $(PYTHON)
+	$(RUN) python -m benchmarks.bench --replicas $(REPLICAS)

@@ -7,11 +7,13 @@ has every accepted mail. Results go to benchmarks/results/ as JSON; `--chart` dr
 
     python -m benchmarks.bench [--duration 10] [--systems bare,tutorial,service,alone] [--chart docs/bench.png]
     python -m benchmarks.bench --burst [100000]
+    python -m benchmarks.bench --replicas 3 [--postgres-url postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -26,10 +28,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -317,6 +321,93 @@ def bench_service(sink: Sink, workdir: Path, args: argparse.Namespace, *, reques
     return result
 
 
+# -- replicas on PostgreSQL -------------------------------------------------------------------------------
+
+
+async def _postgres(url: str, sql: str) -> Any:
+    import asyncpg  # the service's own driver; only this mode needs it here
+
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetchval(sql)
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def temporary_database(admin_url: str) -> Iterator[str]:
+    """A database of its own for one run, dropped afterwards (with whatever connections are left)."""
+    name = f"nsvc_bench_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_postgres(admin_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    finally:
+        asyncio.run(_postgres(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def bench_replicas(sink: Sink, workdir: Path, args: argparse.Namespace, replicas: int) -> Result:
+    """`replicas` service processes on one PostgreSQL outbox, the load spread over them round-robin."""
+    sink.reset()
+    label = f"postgres-{replicas}"
+    with temporary_database(args.postgres_url) as url, contextlib.ExitStack() as stack:
+        env = {**service_env(sink, workdir / "unused.sqlite3", args), "OUTBOX_URL": url}
+        started = [
+            stack.enter_context(uvicorn("service.main:app", env, workdir / f"{label}-{number}.log"))
+            for number in range(replicas)
+        ]
+        cpu = [cpu_seconds(process.pid) for _, process in started]
+        result = from_load(label, drive(",".join(base + PATH for base, _ in started), args))
+        stored = int(asyncio.run(_postgres(url, "SELECT count(*) FROM notifications")))
+        state = sink.wait_for(stored)
+        if any(process.poll() is not None for _, process in started):
+            raise RuntimeError("a replica exited during the run")
+        result.peak_rss_mb = max(read_status(process.pid, "VmHWM") for _, process in started)
+        spent = sum(cpu_seconds(process.pid) - before for (_, process), before in zip(started, cpu, strict=True))
+        result.cpu_ms_per_mail = per_mail(spent, stored)
+    result.delivered, result.delivered_per_s = state["count"], delivered_rate(state)
+    result.lost = max(0, stored - state["count"])
+    result.extra.update(stored=stored, replicas=replicas, duplicates=max(0, state["count"] - stored))
+    return result
+
+
+def scaling(args: argparse.Namespace) -> dict[str, Result]:
+    """SQLite with one process, then PostgreSQL with one and with `--replicas` processes, same load."""
+    # wrk drives one URL; the Python generator spreads connections over every replica. Same one for all three.
+    args.loadgen = "python"
+    info = machine()
+    results: dict[str, Result] = {}
+    sink = Sink()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+            print("… SQLite, 1 process", file=sys.stderr, flush=True)
+            results["sqlite-1"] = bench_service(sink, Path(workdir), args)
+            for replicas in sorted({1, args.replicas}):
+                print(f"… PostgreSQL, {replicas} replica(s)", file=sys.stderr, flush=True)
+                results[f"postgres-{replicas}"] = bench_replicas(sink, Path(workdir), args, replicas)
+    finally:
+        sink.stop()
+    lines = [
+        f"{info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, load average before: "
+        + " ".join(f"{x:.2f}" for x in info["load_average"]),
+        f"load: python, {args.connections} connections spread over the replicas, {args.duration:g} s each",
+        "",
+        "| outbox, processes | accepted req/s | p50 ms | p99 ms | delivered mails/s | peak RSS MB (each) | lost |"
+        " CPU ms/mail (all) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        backend, count = name.split("-")
+        label = f"{'SQLite' if backend == 'sqlite' else 'PostgreSQL'}, {count}"
+        lines.append(
+            f"| {label} | {_fmt(r.accepted_per_s)} | {_fmt(r.p50_ms, 1)} | {_fmt(r.p99_ms, 1)} |"
+            f" {_fmt(r.delivered_per_s)} | {_fmt(r.peak_rss_mb, 1)} | {_fmt(r.lost)} | {_fmt(r.cpu_ms_per_mail, 2)} |"
+        )
+    print("\n".join(lines))
+    report = {"kind": "replicas", "machine": info, "results": {name: asdict(r) for name, r in results.items()}}
+    print(f"\nresults: {save(report, args.out, 'replicas')}")
+    return results
+
+
 def bench_alone(sink: Sink, workdir: Path, args: argparse.Namespace) -> Result:
     sink.reset()
     output = subprocess.run(
@@ -536,6 +627,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--service-env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the service"
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="scaling mode: SQLite with 1 process, PostgreSQL with 1 and with N replicas on one database",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a PostgreSQL where the scaling mode may create (and drop) a database of its own",
+    )
     parser.add_argument("--chart", type=Path, default=None, help="write the chart PNG here")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
     args = parser.parse_args(argv)
@@ -549,6 +651,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.burst is not None:
         burst(args)
+    elif args.replicas is not None:
+        scaling(args)
     else:
         side_by_side(args)
 

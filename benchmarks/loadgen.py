@@ -4,7 +4,9 @@
 Keep-alive connections, one request in flight on each, the request bytes built once. Prints one line of JSON:
 completed, ok (2xx), errors, seconds, p50_ms, p99_ms.
 
-    python -m benchmarks.loadgen URL BODY_JSON --connections 50 (--duration 10 | --requests 100000)
+    python -m benchmarks.loadgen URL[,URL...] BODY_JSON --connections 50 (--duration 10 | --requests 100000)
+
+With several URLs (replicas), the connections are spread over them round-robin, like a load balancer would.
 """
 
 from __future__ import annotations
@@ -24,15 +26,20 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
 
-async def run(
-    url: str, body: bytes, connections: int, duration: float | None, requests: int | None
-) -> dict[str, float]:
+def target(url: str, body: bytes) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = (
         f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+    return host, port, request
+
+
+async def run(
+    urls: str, body: bytes, connections: int, duration: float | None, requests: int | None
+) -> dict[str, float]:
+    targets = [target(url, body) for url in urls.split(",")]
     latencies: list[float] = []
     counts = {"ok": 0, "errors": 0}
     remaining = [requests if requests is not None else -1]
@@ -44,7 +51,8 @@ async def run(
         remaining[0] -= 1
         return True
 
-    async def client() -> None:
+    async def client(number: int) -> None:
+        host, port, request = targets[number % len(targets)]
         reader, writer = await asyncio.open_connection(host, port)
         try:
             while take():
@@ -65,7 +73,7 @@ async def run(
             writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(connections)))
+    await asyncio.gather(*(client(number) for number in range(connections)))
     seconds = time.perf_counter() - started
     latencies.sort()
     return {
