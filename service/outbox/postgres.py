@@ -38,6 +38,7 @@ from service.outbox import (
     QueueGauges,
     QueueStats,
 )
+from service.outbox.rows import content_json, notification_from_row
 
 log = structlog.get_logger("service.outbox")
 
@@ -72,51 +73,6 @@ def _migrations() -> list[tuple[int, str, str]]:
             number, name = entry.name.removesuffix(".sql").split("_", 1)
             found.append((int(number), name, entry.read_text(encoding="utf-8")))
     return sorted(found)
-
-
-def _content(n: Notification) -> str:
-    # The same JSON document as the SQLite outbox stores, so a row reads the same from either backend.
-    return json.dumps(
-        {
-            "to": n.to,
-            "cc": n.cc,
-            "bcc": n.bcc,
-            "reply_to": n.reply_to,
-            "subject": n.subject,
-            "text": n.text,
-            "html": n.html,
-            "metadata": n.metadata,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
-def _from_record(row: asyncpg.Record) -> Notification:
-    content = json.loads(row["content"])
-    return Notification(
-        seq=row["seq"],
-        id=row["id"],
-        status=row["status"],
-        to=content["to"],
-        cc=content["cc"],
-        bcc=content["bcc"],
-        reply_to=content["reply_to"],
-        subject=content["subject"],
-        text=content["text"],
-        html=content["html"],
-        metadata=content["metadata"],
-        message_id=row["message_id"],
-        request_id=row["request_id"],
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        smtp_reply=row["smtp_reply"],
-        refused_recipients=json.loads(row["refused"]) if row["refused"] else [],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        sent_at=row["sent_at"],
-        next_attempt_at=row["next_attempt_at"],
-    )
 
 
 def redact(url: str) -> str:
@@ -254,7 +210,7 @@ class PostgresOutbox(Outbox):
         await conn.executemany(
             "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
             " created_at, updated_at, next_attempt_at, job_id) VALUES ($1, 'queued', $2, $3, $4, 0, $5, $5, $5, $6)",
-            [(n.id, _content(n), n.message_id, n.request_id, n.created_at, job_id) for n in notifications],
+            [(n.id, content_json(n), n.message_id, n.request_id, n.created_at, job_id) for n in notifications],
         )
         # Delivered to every listener when (and only if) the transaction commits.
         await conn.execute(f"NOTIFY {CHANNEL}")
@@ -322,7 +278,7 @@ class PostgresOutbox(Outbox):
     async def get(self, notification_id: str) -> Notification | None:
         async with self.connection() as conn:
             row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM notifications WHERE id = $1", notification_id)
-        return _from_record(row) if row else None
+        return notification_from_row(row) if row else None
 
     async def page(self, *, status: str | None, limit: int, cursor: str | None) -> Page:
         before = int(cursor) if cursor else None
@@ -335,7 +291,7 @@ class PostgresOutbox(Outbox):
                 before,
                 limit + 1,
             )
-        items = [_from_record(row) for row in rows[:limit]]
+        items = [notification_from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
         return Page(items=items, next_cursor=str(items[-1].seq) if more and items else None)
 
@@ -385,7 +341,7 @@ class PostgresOutbox(Outbox):
                 self.lease_seconds,
                 self.replica,
             )
-        return sorted((_from_record(row) for row in rows), key=lambda n: (n.next_attempt_at, n.seq or 0))
+        return sorted((notification_from_row(row) for row in rows), key=lambda n: (n.next_attempt_at, n.seq or 0))
 
     async def release(self, notification_ids: Sequence[str]) -> None:
         async with self.connection() as conn:
@@ -468,7 +424,7 @@ class PostgresOutbox(Outbox):
             )
             if row:
                 await conn.execute(f"NOTIFY {CHANNEL}")
-        return _from_record(row) if row else None
+        return notification_from_row(row) if row else None
 
     async def check_writable(self) -> None:
         async with self.connection() as conn:

@@ -38,6 +38,7 @@ from service.outbox import (
     QueueGauges,
     QueueStats,
 )
+from service.outbox.rows import content_json, notification_from_row
 
 T = TypeVar("T")
 
@@ -79,50 +80,6 @@ def split_statements(script: str) -> list[str]:
     if any(line.strip() and not line.strip().startswith("--") for line in pending.splitlines()):
         statements.append(pending.strip())
     return statements
-
-
-def _content(n: Notification) -> str:
-    return json.dumps(
-        {
-            "to": n.to,
-            "cc": n.cc,
-            "bcc": n.bcc,
-            "reply_to": n.reply_to,
-            "subject": n.subject,
-            "text": n.text,
-            "html": n.html,
-            "metadata": n.metadata,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
-def _from_row(row: sqlite3.Row) -> Notification:
-    content = json.loads(row["content"])
-    return Notification(
-        seq=row["seq"],
-        id=row["id"],
-        status=row["status"],
-        to=content["to"],
-        cc=content["cc"],
-        bcc=content["bcc"],
-        reply_to=content["reply_to"],
-        subject=content["subject"],
-        text=content["text"],
-        html=content["html"],
-        metadata=content["metadata"],
-        message_id=row["message_id"],
-        request_id=row["request_id"],
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        smtp_reply=row["smtp_reply"],
-        refused_recipients=json.loads(row["refused"]) if row["refused"] else [],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        sent_at=row["sent_at"],
-        next_attempt_at=row["next_attempt_at"],
-    )
 
 
 class SqliteOutbox(Outbox):
@@ -276,7 +233,7 @@ class SqliteOutbox(Outbox):
             "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
             " created_at, updated_at, next_attempt_at, job_id) VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?)",
             [
-                (n.id, _content(n), n.message_id, n.request_id, n.created_at, n.created_at, n.created_at, job_id)
+                (n.id, content_json(n), n.message_id, n.request_id, n.created_at, n.created_at, n.created_at, job_id)
                 for n in notifications
             ],
         )
@@ -364,7 +321,7 @@ class SqliteOutbox(Outbox):
     async def get(self, notification_id: str) -> Notification | None:
         def get(db: sqlite3.Connection) -> Notification | None:
             row = db.execute(f"SELECT {_COLUMNS} FROM notifications WHERE id = ?", (notification_id,)).fetchone()
-            return _from_row(row) if row else None
+            return notification_from_row(row) if row else None
 
         return await self._run(get)
 
@@ -378,7 +335,7 @@ class SqliteOutbox(Outbox):
                 " ORDER BY seq DESC LIMIT :limit",
                 {"status": status, "before": before, "limit": limit + 1},
             ).fetchall()
-            items = [_from_row(row) for row in rows[:limit]]
+            items = [notification_from_row(row) for row in rows[:limit]]
             more = len(rows) > limit
             return Page(items=items, next_cursor=str(items[-1].seq) if more and items else None)
 
@@ -419,7 +376,7 @@ class SqliteOutbox(Outbox):
                 f" RETURNING {_COLUMNS}",
                 {"now": now, "limit": limit},
             ).fetchall()
-            return sorted((_from_row(row) for row in rows), key=lambda n: (n.next_attempt_at, n.seq or 0))
+            return sorted((notification_from_row(row) for row in rows), key=lambda n: (n.next_attempt_at, n.seq or 0))
 
         return await self._run(lambda db: self._transaction(db, claim))
 
@@ -511,7 +468,7 @@ class SqliteOutbox(Outbox):
                 f" updated_at = :now WHERE id = :id AND status = '{FAILED}' RETURNING {_COLUMNS}",
                 {"id": notification_id, "now": now},
             ).fetchone()
-            return _from_row(row) if row else None
+            return notification_from_row(row) if row else None
 
         def requeue_and_count(db: sqlite3.Connection) -> Notification | None:
             notification = self._transaction(db, requeue)
