@@ -12,6 +12,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -193,12 +194,22 @@ class Dispatcher:
                     )
                 )
                 raise
+            # Refusals of earlier attempts that are final stay on record beside this attempt's.
+            refused = [r for r in notification.refused_recipients if r["code"] >= 500] + delivery.refused
+            for_now = [r for r in delivery.refused if 400 <= r["code"] < 500]
+            if for_now and notification.attempts < self.settings.MAX_ATTEMPTS:
+                # Not sent yet, as far as the counters go: the notification is sent once every recipient is.
+                self.metrics.observe_send(
+                    time.perf_counter() - started, DeliveryFailed("recipients refused for now", transient=True)
+                )
+                await self._retry_recipients(notification, for_now, refused)
+                return
             self.metrics.observe_send(time.perf_counter() - started)
             await self._record(
                 self.outbox.mark_sent(
                     notification.id,
                     smtp_reply=delivery.smtp_reply,
-                    refused=delivery.refused,
+                    refused=refused,
                     now=time.time(),
                     attempt=notification.attempts,
                 )
@@ -210,6 +221,34 @@ class Dispatcher:
                 refused=delivery.refused or None,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
             )
+
+    async def _retry_recipients(
+        self, notification: Notification, for_now: list[dict[str, Any]], refused: list[dict[str, Any]]
+    ) -> None:
+        """The server took the mail for some recipients and refused others with a 4xx (greylisting, a full
+        mailbox): only those are tried again later, so nobody who has the mail gets it twice."""
+        now = time.time()
+        delay = retry_delay(notification.attempts, self.settings)
+        reason = "refused for now: " + "; ".join(f"{r['address']}: {r['code']} {r['message']}" for r in for_now)
+        await self._record(
+            self.outbox.mark_retry(
+                notification.id,
+                error=reason,
+                next_attempt_at=now + delay,
+                now=now,
+                attempt=notification.attempts,
+                envelope=[r["address"] for r in for_now],
+                refused=refused,
+            )
+        )
+        self._wake.set()
+        log.warning(
+            "notification_retry_scheduled",
+            attempts=notification.attempts,
+            error=reason,
+            recipients=[r["address"] for r in for_now],
+            retry_in_seconds=round(delay, 3),
+        )
 
     async def _record_failure(self, notification: Notification, failure: DeliveryFailed) -> None:
         now = time.time()

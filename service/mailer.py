@@ -86,6 +86,8 @@ def build_message(notification: Notification, mail_from: str) -> EmailMessage:
 
 
 def envelope_recipients(notification: Notification) -> list[str]:
+    if notification.envelope:
+        return notification.envelope
     seen: dict[str, str] = {}
     for address in notification.recipients:
         spec = addr_spec(address)

@@ -44,6 +44,8 @@ class RecordingHandler:
         self.received: list[Received] = []
         self.data_replies: deque[str] = deque()
         self.refuse: dict[str, str] = {}
+        # Recipients refused this many more times (then accepted), with the reply in `refuse`: greylisting.
+        self.refuse_times: dict[str, int] = {}
         self.stall_next_data = 0
         self.stall_seconds = 0.0
         self.delay_seconds = 0.0
@@ -52,7 +54,11 @@ class RecordingHandler:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.refuse:
-            return self.refuse[address]
+            if address not in self.refuse_times:
+                return self.refuse[address]
+            if self.refuse_times[address] > 0:
+                self.refuse_times[address] -= 1
+                return self.refuse[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

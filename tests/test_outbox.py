@@ -155,6 +155,36 @@ async def test_release_gives_back_the_attempt(outbox: Outbox) -> None:
     assert (stored.status, stored.attempts) == ("queued", 0)
 
 
+async def test_a_retry_can_narrow_the_envelope_and_replace_the_refusals(outbox: Outbox) -> None:
+    n = notification(to=["ada@example.com", "grey@example.com"], cc=["gone@example.com"])
+    await outbox.add([n])
+    [claimed] = await outbox.claim(1, time.time())
+    refused = [
+        {"address": "grey@example.com", "code": 451, "message": "greylisted"},
+        {"address": "gone@example.com", "code": 550, "message": "no such user"},
+    ]
+
+    await outbox.mark_retry(
+        n.id,
+        error="refused for now",
+        next_attempt_at=time.time(),
+        now=time.time(),
+        attempt=claimed.attempts,
+        envelope=["grey@example.com"],
+        refused=refused,
+    )
+    [again] = await outbox.claim(1, time.time())
+    await outbox.mark_retry(n.id, error="451 again", next_attempt_at=time.time(), now=time.time())
+
+    assert again.envelope == ["grey@example.com"]
+    assert again.refused_recipients == refused
+    assert (again.to, again.cc) == (n.to, n.cc)
+    stored = await outbox.get(n.id)
+    assert stored is not None
+    # A retry without an envelope or refusals leaves both as they were.
+    assert (stored.envelope, stored.refused_recipients) == (["grey@example.com"], refused)
+
+
 async def test_mark_sent_and_failed_record_the_outcome(outbox: Outbox) -> None:
     good, bad = notification(), notification()
     await outbox.add([good, bad])

@@ -42,6 +42,9 @@ class Notification:
     updated_at: float = 0.0
     sent_at: float | None = None
     next_attempt_at: float = 0.0
+    # When set, the SMTP envelope's recipients instead of to + cc + bcc: what is left to send after a server
+    # took the mail for some recipients and refused others with a 4xx (the headers still name everyone).
+    envelope: list[str] | None = None
     # Position in the outbox, assigned on insert: orders listings and makes cursors.
     seq: int | None = None
 
@@ -187,9 +190,18 @@ class Outbox(abc.ABC):
 
     @abc.abstractmethod
     async def mark_retry(
-        self, notification_id: str, *, error: str, next_attempt_at: float, now: float, attempt: int | None = None
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        next_attempt_at: float,
+        now: float,
+        attempt: int | None = None,
+        envelope: list[str] | None = None,
+        refused: list[dict[str, Any]] | None = None,
     ) -> None:
-        """A transient failure: back to `queued`, due again at `next_attempt_at`."""
+        """A transient failure: back to `queued`, due again at `next_attempt_at`. With `envelope`, only those
+        recipients are tried again (the others already have the mail); `refused` replaces the recorded list."""
 
     @abc.abstractmethod
     async def mark_failed(

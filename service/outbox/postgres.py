@@ -385,15 +385,27 @@ class PostgresOutbox(Outbox):
         )
 
     async def mark_retry(
-        self, notification_id: str, *, error: str, next_attempt_at: float, now: float, attempt: int | None = None
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        next_attempt_at: float,
+        now: float,
+        attempt: int | None = None,
+        envelope: list[str] | None = None,
+        refused: list[dict[str, Any]] | None = None,
     ) -> None:
         await self._finish(
-            f"status = '{QUEUED}', last_error = $3, next_attempt_at = $4, updated_at = $5, claimed_by = NULL",
+            f"status = '{QUEUED}', last_error = $3, next_attempt_at = $4, updated_at = $5, claimed_by = NULL,"
+            " content = CASE WHEN $6::jsonb IS NULL THEN content ELSE jsonb_set(content, '{envelope}', $6::jsonb) END,"
+            " refused = COALESCE($7::jsonb, refused)",
             notification_id,
             attempt,
             error,
             next_attempt_at,
             now,
+            json.dumps(envelope) if envelope else None,
+            json.dumps(refused) if refused is not None else None,
         )
 
     async def mark_failed(

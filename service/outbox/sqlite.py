@@ -432,12 +432,32 @@ class SqliteOutbox(Outbox):
         )
 
     async def mark_retry(
-        self, notification_id: str, *, error: str, next_attempt_at: float, now: float, attempt: int | None = None
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        next_attempt_at: float,
+        now: float,
+        attempt: int | None = None,
+        envelope: list[str] | None = None,
+        refused: list[dict[str, Any]] | None = None,
     ) -> None:
         await self._update(
             f"UPDATE notifications SET status = '{QUEUED}', last_error = :error,"
-            f" next_attempt_at = :next, updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
-            {"id": notification_id, "attempt": attempt, "error": error, "next": next_attempt_at, "now": now},
+            " next_attempt_at = :next, updated_at = :now,"
+            " content = CASE WHEN :envelope IS NULL THEN content"
+            "   ELSE json_set(content, '$.envelope', json(:envelope)) END,"
+            " refused = CASE WHEN :refused IS NULL THEN refused ELSE :refused END"
+            f" WHERE id = :id {_STILL_CLAIMED}",
+            {
+                "id": notification_id,
+                "attempt": attempt,
+                "error": error,
+                "next": next_attempt_at,
+                "now": now,
+                "envelope": json.dumps(envelope) if envelope else None,
+                "refused": json.dumps(refused) if refused is not None else None,
+            },
         )
 
     async def mark_failed(

@@ -253,3 +253,26 @@ async def test_a_cursor_beyond_any_row_number_is_a_422_not_a_crash(service: Serv
     response = await service.client.get("/v1/notifications", params={"cursor": "9875188202668174699"})
 
     assert response.status_code == 422
+
+
+async def test_a_recipient_refused_for_now_gets_the_mail_later_and_the_others_only_once(
+    service: Service, smtp_sink: SmtpSink
+) -> None:
+    # Greylisting: the server refuses one recipient with 451 twice while it takes the mail for the others.
+    smtp_sink.handler.refuse["grey@example.com"] = "451 4.7.1 greylisted, try again later"
+    smtp_sink.handler.refuse_times["grey@example.com"] = 2
+    smtp_sink.handler.refuse["gone@example.com"] = "550 5.1.1 no such user"
+
+    response = await service.post(
+        to=["ada@example.com", "grey@example.com"], cc=["gone@example.com"], subject="s", text="t"
+    )
+
+    sent = await service.wait_for_status(response.json()["id"], "sent")
+    assert [r.rcpt_tos for r in smtp_sink.received] == [["ada@example.com"], ["grey@example.com"]]
+    # The same mail both times: the headers still name everyone, the Message-ID is the same.
+    first, second = (r.message for r in smtp_sink.received)
+    assert first["To"] == second["To"] == "ada@example.com, grey@example.com"
+    assert first["Message-ID"] == second["Message-ID"]
+    assert sent["attempts"] == 3
+    assert sent["refused_recipients"] == [{"address": "gone@example.com", "code": 550, "message": "5.1.1 no such user"}]
+    assert "grey@example.com: 451" in sent["last_error"]
