@@ -535,7 +535,8 @@ def chart(results: dict[str, Result], path: Path, info: dict[str, Any]) -> None:
     latency.set_ylabel("ms")
     latency.set_title("Accept latency p99 (lower is better; — for no HTTP)")
     figure.suptitle(
-        f"one uvicorn worker, {info['cpus']} CPUs, shared machine — compare the ratios, not the absolute numbers",
+        f"one uvicorn worker, {info['cpus']} CPUs, load average {info['load_average'][0]:.1f} before the run"
+        " — compare the ratios, not the absolute numbers",
         fontsize=10,
     )
     figure.tight_layout()
