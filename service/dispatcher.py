@@ -275,6 +275,9 @@ class Dispatcher:
         reason = failure.reason
         if failure.transient:
             reason = f"gave up after {notification.attempts} attempts: {failure.reason}"
+        if notification.envelope is not None:
+            await self._end_partly_sent(notification, failure, reason)
+            return
         await self._record(
             self.outbox.mark_failed(
                 notification.id, error=reason, refused=failure.refused, now=now, attempt=notification.attempts
@@ -289,11 +292,33 @@ class Dispatcher:
             refused=failure.refused or None,
         )
 
+    async def _end_partly_sent(self, notification: Notification, failure: DeliveryFailed, reason: str) -> None:
+        """The last word on a notification an earlier attempt delivered to some recipients: it is `sent` (they
+        have it), and the recipients it never reached are listed, with why, in `refused_recipients`."""
+        now = time.time()
+        code = int(reason[:3]) if failure.refused == [] and reason[:3].isdigit() else 0
+        unreached = failure.refused or [
+            {"address": address, "code": code, "message": reason} for address in notification.envelope or []
+        ]
+        refused = [r for r in notification.refused_recipients if r["code"] >= 500] + unreached
+        await self._record(
+            self.outbox.mark_sent(
+                notification.id,
+                smtp_reply=notification.smtp_reply or "250 taken for the other recipients by an earlier attempt",
+                refused=refused,
+                now=now,
+                attempt=notification.attempts,
+            )
+        )
+        self.metrics.notifications_sent.inc()
+        log.warning("notification_sent", attempts=notification.attempts, refused=refused, partly=True)
+
     async def _record(self, write: Awaitable[None]) -> None:
         """Write a delivery outcome to the outbox; a failed write is logged, never raised into the worker."""
         try:
             await write
-        except OutboxUnavailable as exc:
+        except Exception as exc:
             # The row stays `sending`; the next start puts it back in the queue (a possible duplicate,
-            # never a loss). Logged loudly because it means the disk or the database is in trouble.
-            log.error("outbox_write_failed", error=str(exc))
+            # never a loss). Never raised: an outcome that failed to be written must not become a retry of a
+            # mail the server already took. Logged loudly: the disk, the database or a bug is in trouble.
+            log.error("outbox_write_failed", error=str(exc), exc_info=not isinstance(exc, OutboxUnavailable))

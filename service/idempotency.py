@@ -68,7 +68,8 @@ ACCEPTING_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def fingerprint(request: Request, body: BaseModel) -> str:
     """What makes two requests "the same": the route and the body's content (not its whitespace)."""
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # ensure_ascii: any text, lone surrogates included, hashes (as its escapes) instead of failing to encode.
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     digest = hashlib.sha256(f"{request.method} {request.url.path}\n{canonical}".encode())
     return digest.hexdigest()
 

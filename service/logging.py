@@ -22,7 +22,13 @@ def configure_logging(settings: Settings) -> None:
     """Idempotent: the app factory may run more than once in one process (tests, reloads)."""
     renderer: Any
     json_output = settings.LOG_FORMAT == "json" or (settings.LOG_FORMAT == "auto" and not sys.stdout.isatty())
-    renderer = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
+    # No local variables in console tracebacks (structlog's rich default shows them): an ASGI scope in a frame
+    # carries the request's Authorization header, and an API key must never reach a log.
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if json_output
+        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+    )
 
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

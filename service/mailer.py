@@ -95,18 +95,28 @@ def envelope_recipients(notification: Notification) -> list[str]:
     return list(seen.values())
 
 
+def server_text(text: str) -> str:
+    """A server's reply as text we can store, log and return. aiosmtplib decodes replies with surrogateescape, so
+    a server answering in Latin-1 (`f\\xfcr`) leaves lone surrogates that no UTF-8 store accepts."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _refusal(address: str, code: int, message: str) -> dict[str, Any]:
+    return {"address": address, "code": code, "message": server_text(message)}
+
+
 def _refused(errors: dict[str, aiosmtplib.SMTPResponse]) -> list[dict[str, Any]]:
-    return [{"address": address, "code": reply.code, "message": reply.message} for address, reply in errors.items()]
+    return [_refusal(address, reply.code, reply.message) for address, reply in errors.items()]
 
 
 def _describe(code: int, message: str) -> str:
-    return f"{code} {message}".strip()
+    return server_text(f"{code} {message}".strip())
 
 
 def classify(exc: BaseException) -> DeliveryFailed:
     """Turn what went wrong during a send into a DeliveryFailed that says whether to try again."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        refused = [{"address": r.recipient, "code": r.code, "message": r.message} for r in exc.recipients]
+        refused = [_refusal(r.recipient, r.code, r.message) for r in exc.recipients]
         transient = any(400 <= r.code < 500 for r in exc.recipients)
         reason = "all recipients refused: " + "; ".join(
             f"{r.recipient}: {_describe(r.code, r.message)}" for r in exc.recipients
@@ -119,7 +129,7 @@ def classify(exc: BaseException) -> DeliveryFailed:
     if isinstance(exc, TimeoutError):
         return DeliveryFailed(f"timed out: {exc}" if str(exc) else "timed out", transient=True)
     if isinstance(exc, (aiosmtplib.SMTPException, OSError)):
-        return DeliveryFailed(f"{type(exc).__name__}: {exc}", transient=True)
+        return DeliveryFailed(server_text(f"{type(exc).__name__}: {exc}"), transient=True)
     if isinstance(exc, ValueError):
         return DeliveryFailed(f"unsendable: {exc}", transient=False)
     raise exc
@@ -205,7 +215,7 @@ class SmtpConnection:
         except Exception as exc:
             self._close_if_broken(exc)
             raise classify(exc) from exc
-        return Delivery(smtp_reply=f"250 {reply}", refused=_refused(errors))
+        return Delivery(smtp_reply=server_text(f"250 {reply}"), refused=_refused(errors))
 
     def _close_if_broken(self, exc: BaseException) -> None:
         if not isinstance(exc, (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused)):

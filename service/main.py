@@ -13,8 +13,9 @@ from typing import Any
 
 import structlog
 from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
 
-from service.api import batch, health, jobs, metrics, notifications, stats, templates, tutorial
+from service.api import batch, errors, health, jobs, metrics, notifications, stats, templates, tutorial
 from service.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.config import Settings, load_settings
 from service.dispatcher import Dispatcher
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_exception_handler(QueueFull, queue_full_handler)
+    app.add_exception_handler(RequestValidationError, errors.request_validation_error)
     # Inside the request-id middleware, so a 413 carries X-Request-ID too.
     # The CSV upload streams to disk under its own MAX_UPLOAD_BYTES instead.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES, exempt=frozenset({jobs.UPLOAD_PATH}))

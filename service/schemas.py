@@ -26,6 +26,20 @@ _DISPLAY_NAME_FORM = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<addr>[^<>]*)>\s*$", r
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    return False
+
+
 def reject_header_breakers(value: str) -> str:
     if _HEADER_BREAKERS.search(value):
         raise ValueError("must not contain CR, LF, NUL or other control or line-separator characters")
@@ -73,6 +87,15 @@ class NotificationRequest(BaseModel):
     # The other form: a template's name and its variables, rendered into subject/text/html before the 202.
     template: str | None = Field(None, min_length=1, max_length=200, examples=["welcome"])
     data: dict[str, Any] | None = Field(None, examples=[{"first_name": "Ada"}])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, values: Any) -> Any:
+        # JSON may carry "\ud800": a string Python holds but no UTF-8 can store or send. Refused here, it
+        # can never reach the outbox (where it would fail the transaction it shares with other requests).
+        if _has_lone_surrogate(values):
+            raise ValueError("text must be valid Unicode: a lone surrogate (e.g. \\ud800) cannot be sent")
+        return values
 
     @model_validator(mode="after")
     def _needs_a_body(self) -> NotificationRequest:

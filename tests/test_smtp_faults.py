@@ -13,10 +13,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.chaos_smtp import ChaosHandler, Odds
 from tests.conftest import MAIL, Service, captured_events, make_settings, running
 from tests.e2e.processes import message_ids
-from tests.smtp_sink import RecordingHandler, SmtpSink
+from tests.smtp_sink import RecordingHandler, SmtpSink, free_port
 
 # CHAOS_SEED=<n> make test replays one soak; the failure message names the seed.
 CHAOS_SEED = int(os.environ.get("CHAOS_SEED", "20261125"))
@@ -223,3 +225,81 @@ async def test_chaos_soak_every_notification_ends_sent_or_failed_with_a_reason(t
             assert rejection in row["last_error"], (seed, row)
         elif row["status"] == "failed":
             assert row["last_error"].startswith("gave up after 6 attempts: "), (seed, row)
+
+
+# -- a server that answers in Latin-1 -------------------------------------------------------------------------
+
+
+async def _latin1_server(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, deliveries: list[bytes], data_reply: bytes
+) -> None:
+    """A minimal SMTP server whose replies are not UTF-8 (`f\\xfcr`), as some localised servers answer."""
+    writer.write(b"220 raw.example ESMTP\r\n")
+    in_data, body = False, b""
+    while line := await reader.readline():
+        if in_data:
+            if line == b".\r\n":
+                in_data = False
+                deliveries.append(body)
+                writer.write(data_reply)
+            else:
+                body += line
+        elif line[:4].upper() == b"EHLO":
+            writer.write(b"250-raw.example\r\n250 8BITMIME\r\n")
+        elif line[:4].upper() == b"DATA":
+            in_data, body = True, b""
+            writer.write(b"354 go ahead\r\n")
+        elif line[:4].upper() == b"RCPT" and b"bob@" in line:
+            writer.write(b"450 4.2.2 Postfach voll f\xfcr bob\r\n")
+        elif line[:4].upper() == b"QUIT":
+            writer.write(b"221 bye\r\n")
+            await writer.drain()
+            break
+        else:
+            writer.write(b"250 OK\r\n")
+        await writer.drain()
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("data_reply", "status", "attempts", "delivered"),
+    [
+        (b"250 2.0.0 Nachricht angenommen f\xfcr Zustellung\r\n", "sent", 1, 1),
+        (b"550 5.7.1 Nachricht abgelehnt f\xfcr diesen Empf\xe4nger\r\n", "failed", 1, 1),
+    ],
+    ids=["250", "550"],
+)
+async def test_a_reply_that_is_not_utf8_is_recorded_and_classified_like_any_other(
+    tmp_path: Path, data_reply: bytes, status: str, attempts: int, delivered: int
+) -> None:
+    deliveries: list[bytes] = []
+    port = free_port()
+    server = await asyncio.start_server(lambda r, w: _latin1_server(r, w, deliveries, data_reply), "127.0.0.1", port)
+    try:
+        async with running(make_settings(tmp_path, port, MAX_ATTEMPTS=4)) as service:
+            notification_id = (await service.post(to=["ada@example.com"], subject="Hi", text="x")).json()["id"]
+            body = await service.wait_for_status(notification_id, "sent", "failed")
+    finally:
+        server.close()
+
+    # Once: an outcome that could not be stored used to become a retry of a mail the server had taken.
+    assert (body["status"], body["attempts"], len(deliveries)) == (status, attempts, delivered)
+    assert "f\ufffdr" in (body["smtp_reply"] or body["last_error"])
+
+
+async def test_a_recipient_refused_for_now_in_latin1_gets_no_duplicate_to_the_others(tmp_path: Path) -> None:
+    deliveries: list[bytes] = []
+    port = free_port()
+    server = await asyncio.start_server(lambda r, w: _latin1_server(r, w, deliveries, b"250 ok\r\n"), "127.0.0.1", port)
+    try:
+        async with running(make_settings(tmp_path, port, MAX_ATTEMPTS=3)) as service:
+            response = await service.post(to=["ada@example.com", "bob@example.com"], subject="Hi", text="x")
+            body = await service.wait_for_status(response.json()["id"], "sent")
+    finally:
+        server.close()
+
+    # ada got it once; bob's mailbox stayed full through every attempt: the mail is sent, bob listed as refused.
+    assert len(deliveries) == 1
+    assert body["attempts"] == 3
+    assert [(r["address"], r["code"]) for r in body["refused_recipients"]] == [("bob@example.com", 450)]
+    assert "f\ufffdr bob" in body["refused_recipients"][0]["message"]

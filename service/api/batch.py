@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from service.api.deps import DispatcherDep, IdempotencyDep, OutboxDep, SettingsDep, TemplatesDep
+from service.api.errors import json_safe
 from service.api.notifications import new_notification
 from service.api.templates import render_request
 from service.config import Settings
@@ -58,9 +59,9 @@ def build_batch_item(
         body = NotificationRequest.model_validate(raw)
         return new_notification(render_request(body, templates), settings, request_id)
     except ValidationError as exc:
-        return BatchItemError(detail=jsonable_encoder(exc.errors(include_url=False)))
+        return BatchItemError(detail=json_safe(jsonable_encoder(exc.errors(include_url=False))))
     except RequestValidationError as exc:
-        return BatchItemError(detail=jsonable_encoder(exc.errors()))
+        return BatchItemError(detail=json_safe(jsonable_encoder(exc.errors())))
 
 
 @router.post(

@@ -360,10 +360,13 @@ class PostgresOutbox(Outbox):
         async with self.connection() as conn:
             await conn.execute(
                 f"UPDATE notifications SET {assignments}, lease_until = NULL"
-                " WHERE id = $1 AND ($2::integer IS NULL OR (status = 'sending' AND attempts = $2))",
+                " WHERE id = $1 AND ($2::integer IS NULL"
+                "   OR (status = 'sending' AND attempts = $2 AND claimed_by = $" + str(len(args) + 3) + "))",
                 notification_id,
                 attempt,
                 *args,
+                # attempts alone is not unique: a failed notification requeued by an operator starts again at 1.
+                self.replica,
             )
 
     async def mark_sent(
@@ -439,12 +442,15 @@ class PostgresOutbox(Outbox):
         return notification_from_row(row) if row else None
 
     async def check_writable(self) -> None:
-        async with self.connection() as conn:
-            await conn.execute(
-                "INSERT INTO heartbeat (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                time.time(),
-                timeout=PROBE_TIMEOUT_SECONDS,
-            )
+        try:
+            # The whole probe, waiting for a pooled connection included, answers within the timeout.
+            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS), self.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO heartbeat (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                    time.time(),
+                )
+        except TimeoutError as exc:
+            raise OutboxUnavailable(f"outbox {redact(self.url)}: no write within {PROBE_TIMEOUT_SECONDS:g}s") from exc
 
     # -- the operator's view (migration 0003) ---------------------------------------------------------
 

@@ -173,6 +173,9 @@ class SqliteOutbox(Outbox):
     # -- accepting ----------------------------------------------------------------------------------------
 
     async def add(self, notifications: Sequence[Notification], *, idempotency: IdempotencyRecord | None = None) -> None:
+        if self._writer is None or self._closing:
+            # Nothing would ever write it: say so rather than wait forever.
+            raise OutboxUnavailable(f"outbox {self.path}: not open")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(((notifications, idempotency), future))
         self._pending_added.set()
@@ -183,13 +186,19 @@ class SqliteOutbox(Outbox):
             await self._pending_added.wait()
             self._pending_added.clear()
             if self._pending:
-                await self._write_batch()
+                batch, self._pending = self._pending, []
+                await self._write_batch(batch)
 
-    async def _write_batch(self) -> None:
-        batch, self._pending = self._pending, []
+    async def _write_batch(self, batch: list[tuple[_Insert, asyncio.Future[None]]]) -> None:
         try:
             refusals = await self._run(self._insert_groups, [insert for insert, _ in batch])
         except Exception as exc:
+            if len(batch) > 1:
+                # One request's rows broke the shared transaction: each request again in its own, so only the
+                # one at fault hears of it.
+                for entry in batch:
+                    await self._write_batch([entry])
+                return
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import MAIL, Service, captured_events
@@ -255,6 +257,30 @@ async def test_a_cursor_beyond_any_row_number_is_a_422_not_a_crash(service: Serv
     assert response.status_code == 422
 
 
+async def test_nan_in_a_body_is_a_422_not_a_500(service: Service) -> None:
+    response = await service.client.post(
+        "/v1/notifications",
+        content=b'{"to": ["ada@example.com"], "subject": NaN, "text": "t"}',
+        headers={"content-type": "application/json"},
+    )
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "subject"]
+
+
+async def test_a_batch_with_a_lone_surrogate_in_one_item_refuses_that_item_only(service: Service) -> None:
+    batch = {"notifications": [MAIL, {"to": ["ada@example.com"], "template": "welcome", "data": {"x": "\ud800"}}]}
+
+    response = await service.client.post(
+        "/v1/notifications/batch", content=json.dumps(batch), headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 202
+    first, second = response.json()["items"]
+    assert first["status"] == "queued"
+    assert "surrogate" in json.dumps(second["error"])
+
+
 async def test_a_recipient_refused_for_now_gets_the_mail_later_and_the_others_only_once(
     service: Service, smtp_sink: SmtpSink
 ) -> None:
@@ -276,3 +302,22 @@ async def test_a_recipient_refused_for_now_gets_the_mail_later_and_the_others_on
     assert sent["attempts"] == 3
     assert sent["refused_recipients"] == [{"address": "gone@example.com", "code": 550, "message": "5.1.1 no such user"}]
     assert "grey@example.com: 451" in sent["last_error"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**MAIL, "subject": "a\ud800b"},
+        {**MAIL, "text": "\udfff"},
+        {**MAIL, "metadata": {"k": "\ud800"}},
+        {"to": ["ada@example.com"], "template": "welcome", "data": {"first_name": "\ud800"}},
+    ],
+)
+async def test_a_lone_surrogate_is_a_422_not_a_500(service: Service, body: dict[str, object]) -> None:
+    # json.dumps escapes it ("\\ud800"), as a client's JSON library would send it.
+    response = await service.client.post(
+        "/v1/notifications", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert "surrogate" in response.text

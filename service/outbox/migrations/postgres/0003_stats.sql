@@ -6,6 +6,11 @@
 -- row per status that every replica updated for every mail would make all writers queue on its lock. A read
 -- sums 64 rows. A trigger runs once per statement (transition tables), so a batch of 100 inserts is one
 -- UPDATE, not 100.
+-- Replicas still on the previous version keep writing during a rolling upgrade: without this lock a row
+-- committed between the first count below and the triggers' creation would be in neither. (Applied in the
+-- migration's transaction, so it is held until the counts and the triggers are both in place.)
+LOCK TABLE notifications IN SHARE ROW EXCLUSIVE MODE;
+
 CREATE TABLE notification_counts (
     status  text     NOT NULL CHECK (status IN ('queued', 'sending', 'sent', 'failed')),
     shard   smallint NOT NULL,

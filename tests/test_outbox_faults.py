@@ -1,0 +1,107 @@
+"""The outbox when something goes wrong around it: a poisoned request, a closed store, a busy pool, a stalled
+replica's late outcome, a rolling upgrade. Each of these was a bug found in review; each test failed first."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.outbox import OutboxUnavailable
+from service.outbox import postgres as pg
+from service.outbox.postgres import PostgresOutbox
+from service.outbox.sqlite import SqliteOutbox
+from tests.test_outbox import notification, replicas
+
+__all__ = ["replicas"]
+
+
+async def test_a_request_that_cannot_be_stored_fails_alone_not_those_committed_with_it(tmp_path: Path) -> None:
+    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    await outbox.open()
+    try:
+        good = notification()
+        # A lone surrogate: no UTF-8 can store it (the API refuses it; the outbox must still contain the damage).
+        bad = notification(subject="a\ud800b")
+        results = await asyncio.gather(outbox.add([good]), outbox.add([bad]), return_exceptions=True)
+        assert results[0] is None
+        assert isinstance(results[1], Exception)
+        assert await outbox.get(good.id) is not None
+        assert await outbox.get(bad.id) is None
+    finally:
+        await outbox.close()
+
+
+async def test_adding_to_a_closed_outbox_fails_instead_of_waiting_forever(tmp_path: Path) -> None:
+    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    await outbox.open()
+    await outbox.close()
+
+    with pytest.raises(OutboxUnavailable):
+        await asyncio.wait_for(outbox.add([notification()]), timeout=5)
+
+
+async def test_the_postgresql_readiness_probe_answers_in_time_when_the_pool_is_busy(postgres_url: str) -> None:
+    outbox = PostgresOutbox(postgres_url, lease_seconds=30, pool_size=1)
+    await outbox.open()
+    try:
+        async with outbox.connection():  # every pooled connection busy
+            with pytest.raises(OutboxUnavailable):
+                # Bounded by the probe's own timeout (2 s); this outer one only keeps a regression from hanging.
+                await asyncio.wait_for(outbox.check_writable(), timeout=10)
+    finally:
+        await outbox.close()
+
+
+async def test_a_stale_outcome_cannot_land_on_a_newer_claim_after_a_requeue(
+    replicas: tuple[PostgresOutbox, PostgresOutbox],
+) -> None:
+    stalled, alive = replicas
+    n = notification()
+    await stalled.add([n])
+    now = time.time()
+    [mine] = await stalled.claim(1, now)
+    later = now + stalled.lease_seconds + 1
+    [taken] = await alive.claim(1, later)
+    await alive.mark_failed(n.id, error="550 no", refused=[], now=later, attempt=taken.attempts)
+    await alive.requeue_failed(n.id, later)  # attempts start again at 0
+    [again] = await alive.claim(1, later)
+    assert again.attempts == mine.attempts == 1
+
+    await stalled.mark_sent(n.id, smtp_reply="250 stale", refused=[], now=later, attempt=mine.attempts)
+
+    row = await alive.get(n.id)
+    assert row is not None
+    assert (row.status, row.smtp_reply) == ("sending", None)
+
+
+async def test_migration_0003_counts_rows_an_older_replica_commits_during_the_upgrade(postgres_url: str) -> None:
+    migrations = pg._migrations()
+    setup = await asyncpg.connect(postgres_url)
+    old = await asyncpg.connect(postgres_url)
+    try:
+        for number, _name, script in migrations:
+            if number in (1, 2):
+                await setup.execute(script)
+        # A replica still on schema 2 has an insert open while the new one upgrades.
+        transaction = old.transaction()
+        await transaction.start()
+        await old.execute(
+            "INSERT INTO notifications (id, status, content, message_id, attempts, created_at, updated_at,"
+            " next_attempt_at) VALUES ('n1', 'queued', '{}', 'm', 0, 1, 1, 1)"
+        )
+        [script] = [s for number, _n, s in migrations if number == 3]
+        migrating = asyncio.create_task(setup.execute(f"BEGIN; {script} COMMIT;"))
+        await asyncio.sleep(0.5)
+        await transaction.commit()
+        await migrating
+        truth = await setup.fetchval("SELECT count(*) FROM notifications WHERE status = 'queued'")
+        kept = await setup.fetchval("SELECT sum(count) FROM notification_counts WHERE status = 'queued'")
+    finally:
+        await old.close()
+        await setup.close()
+
+    assert kept == truth == 1
