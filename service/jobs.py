@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from service.api.notifications import new_notification
 from service.config import Settings
 from service.outbox import Notification, OutboxUnavailable
-from service.outbox.jobs import DONE, JOB_FAILED, Job, JobStore, RowError
+from service.outbox.jobs import DONE, JOB_FAILED, Job, JobStore, JobTaken, RowError
 from service.schemas import NotificationRequest, normalize_address
 from service.templates import MailTemplate, TemplateRenderError, Templates
 
@@ -185,6 +185,10 @@ class JobRunner:
                 # The store is gone: the job stays `running` and resumes at the next start.
                 log.error("job_interrupted", error=str(exc))
                 return
+            except JobTaken:
+                # Another replica runs this job now (this one lost its hold on it): it finishes it, not us.
+                log.warning("job_taken_over", rows_done=job.rows_done)
+                return
             except Exception as exc:
                 log.exception("job_crashed")
                 reason = f"internal error: {type(exc).__name__}: {exc}"
@@ -236,7 +240,9 @@ class JobRunner:
                     return f"after row {job.rows_done}: the file cannot be read any further ({exc})"
                 if chunk is None:
                     return None
-                await self.store.add_chunk(job.id, chunk.notifications, chunk.errors, chunk.last_row)
+                await self.store.add_chunk(
+                    job.id, chunk.notifications, chunk.errors, chunk.last_row, after_row=job.rows_done
+                )
                 job.rows_done = chunk.last_row
                 if chunk.notifications:
                     self.wake()

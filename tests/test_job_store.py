@@ -6,8 +6,10 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from service.outbox import Outbox
-from service.outbox.jobs import DONE, RUNNING, Job, RowError, open_job_store
+from service.outbox.jobs import DONE, RUNNING, Job, JobTaken, RowError, open_job_store
 from service.outbox.postgres import PostgresOutbox
 from service.outbox.postgres_jobs import PostgresJobStore
 from tests.test_outbox import backend, notification, outbox, replicas
@@ -85,3 +87,24 @@ async def test_a_job_is_resumed_by_one_replica_only(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_two_runners_of_one_job_never_both_store_a_chunk(tmp_path: Path, outbox: Outbox) -> None:
+    # A replica that lost its hold on a job (its lock connection dropped) and the one that took it over both
+    # start from the same progress: the first chunk stored wins, the other runner writes nothing and stops.
+    store = open_job_store(outbox)
+    job = new_job(tmp_path)
+    await store.create(job)
+    created = await store.get(job.id)
+    assert created is not None
+    start = created.rows_done
+
+    await store.add_chunk(job.id, [notification()], [], rows_done=start + 1, after_row=start)
+    with pytest.raises(JobTaken):
+        await store.add_chunk(job.id, [notification()], [RowError(2, None, "x")], rows_done=start + 1, after_row=start)
+
+    stored = await store.get(job.id)
+    assert stored is not None
+    assert (stored.rows_done, stored.accepted, stored.rejected) == (start + 1, 1, 0)
+    assert await outbox.count_unsent() == 1
+    await store.close()

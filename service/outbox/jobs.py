@@ -18,6 +18,10 @@ DONE = "done"
 JOB_FAILED = "failed"
 
 
+class JobTaken(Exception):
+    """Another process has moved this job on: this runner must stop (its chunk was not written)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RowError:
     row: int
@@ -68,9 +72,19 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def add_chunk(
-        self, job_id: str, notifications: Sequence[Notification], errors: Sequence[RowError], rows_done: int
+        self,
+        job_id: str,
+        notifications: Sequence[Notification],
+        errors: Sequence[RowError],
+        rows_done: int,
+        *,
+        after_row: int | None = None,
     ) -> None:
-        """A chunk's notifications, its rejected rows and the job's new progress, in one transaction."""
+        """A chunk's notifications, its rejected rows and the job's new progress, in one transaction.
+
+        With `after_row` (the progress the chunk starts from), the chunk goes in only while the job's progress is
+        still exactly that: when another process has moved the job on (it took the job over), nothing is written
+        and JobTaken is raised — so two runners of one job can never both insert a row."""
 
     @abc.abstractmethod
     async def finish(self, job_id: str, *, status: str, reason: str | None, now: float) -> None: ...

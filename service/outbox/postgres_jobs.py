@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 
 from service.outbox import FAILED, QUEUED, SENDING, SENT, Notification, OutboxUnavailable
-from service.outbox.jobs import RUNNING, Job, JobStore, RowError
+from service.outbox.jobs import RUNNING, Job, JobStore, JobTaken, RowError
 from service.outbox.postgres import PostgresOutbox, redact
 
 # The first half of a job lock's key (pg_advisory_lock(int, int)); the second is hashtext(job id).
@@ -141,9 +141,22 @@ class PostgresJobStore(JobStore):
             await conn.execute("UPDATE jobs SET total_rows = $1 WHERE id = $2", total_rows, job_id)
 
     async def add_chunk(
-        self, job_id: str, notifications: Sequence[Notification], errors: Sequence[RowError], rows_done: int
+        self,
+        job_id: str,
+        notifications: Sequence[Notification],
+        errors: Sequence[RowError],
+        rows_done: int,
+        *,
+        after_row: int | None = None,
     ) -> None:
         async with self.outbox.connection() as conn, conn.transaction():
+            if after_row is not None:
+                # The row lock taken here also orders two runners racing for the same chunk: the second waits,
+                # then sees the first one's progress and writes nothing. (The advisory lock that keeps a job on
+                # one replica is on another connection and can be lost with it; this check cannot.)
+                progress = await conn.fetchrow("SELECT rows_done, status FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+                if progress is None or (progress["rows_done"], progress["status"]) != (after_row, "running"):
+                    raise JobTaken(job_id)
             if notifications:
                 await self.outbox.insert_notifications(conn, notifications, job_id=job_id)
             if errors:

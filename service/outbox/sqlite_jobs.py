@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from service.outbox import FAILED, QUEUED, SENDING, SENT, Notification
-from service.outbox.jobs import RUNNING, Job, JobStore, RowError
+from service.outbox.jobs import RUNNING, Job, JobStore, JobTaken, RowError
 from service.outbox.sqlite import SqliteOutbox
 
 _JOB_COLUMNS = (
@@ -96,9 +96,19 @@ class SqliteJobStore(JobStore):
         )
 
     async def add_chunk(
-        self, job_id: str, notifications: Sequence[Notification], errors: Sequence[RowError], rows_done: int
+        self,
+        job_id: str,
+        notifications: Sequence[Notification],
+        errors: Sequence[RowError],
+        rows_done: int,
+        *,
+        after_row: int | None = None,
     ) -> None:
         def add_chunk(db: sqlite3.Connection) -> None:
+            if after_row is not None:
+                progress = db.execute("SELECT rows_done, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if progress is None or tuple(progress) != (after_row, "running"):
+                    raise JobTaken(job_id)
             self.outbox.insert_notifications(db, notifications, job_id=job_id)
             db.executemany(
                 "INSERT INTO job_errors (job_id, row, email, reason) VALUES (?, ?, ?, ?)",
