@@ -105,3 +105,19 @@ async def test_migration_0003_counts_rows_an_older_replica_commits_during_the_up
         await setup.close()
 
     assert kept == truth == 1
+
+
+async def test_a_sqlite_outbox_is_owned_by_one_process_at_a_time(tmp_path: Path) -> None:
+    first = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    await first.open()
+    second = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    try:
+        # A second owner would put the first one's live claims back in the queue at its start.
+        with pytest.raises(OutboxUnavailable, match="in use by another process"):
+            await second.open()
+    finally:
+        await first.close()
+
+    third = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    await third.open()
+    await third.close()

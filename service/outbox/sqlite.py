@@ -12,6 +12,7 @@ That count is this process's: one process owns one outbox file.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import sqlite3
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from service.outbox import (
     FAILED,
@@ -95,18 +96,42 @@ class SqliteOutbox(Outbox):
         self._pending_added = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._lock_file: BinaryIO | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     async def open(self) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._connect)
-        except sqlite3.Error as exc:
-            raise OutboxUnavailable(f"outbox {self.path}: {exc}") from exc
+        except BaseException as exc:
+            # Nothing stays held by an outbox that did not open: not the file's lock, not the thread.
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
+            self._thread.shutdown(wait=False)
+            if isinstance(exc, sqlite3.Error):
+                raise OutboxUnavailable(f"outbox {self.path}: {exc}") from exc
+            raise
         self._writer = asyncio.create_task(self._write_pending_forever(), name="outbox-writer")
+
+    def _lock(self) -> None:
+        """One process per outbox file: its claims and its unsent count are its own, and a second process would
+        put the first one's live claims back in the queue at its start (sending them twice). The lock is the
+        kernel's (flock), so it goes with the process, even on SIGKILL."""
+        lock_file = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 - held open for the outbox's lifetime
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            raise OutboxUnavailable(
+                f"outbox {self.path} is in use by another process; one process per SQLite outbox"
+                " (several replicas share a PostgreSQL outbox: OUTBOX_URL)"
+            ) from None
+        self._lock_file = lock_file
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly what we say.
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
         db.row_factory = sqlite3.Row
@@ -141,6 +166,9 @@ class SqliteOutbox(Outbox):
         await self._run(lambda db: db.close())
         self._db = None
         self._thread.shutdown(wait=True)
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     async def schema_version(self) -> int:
         return int(await self._run(lambda db: db.execute("PRAGMA user_version").fetchone()[0]))
