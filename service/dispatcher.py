@@ -254,6 +254,9 @@ class Dispatcher:
         now = time.time()
         if failure.transient and notification.attempts < self.settings.MAX_ATTEMPTS:
             delay = retry_delay(notification.attempts, self.settings)
+            # Every recipient refused, some for good (5xx) and some for now (4xx): only the latter are tried again.
+            for_good = [r for r in failure.refused if r["code"] >= 500]
+            for_now = [r["address"] for r in failure.refused if 400 <= r["code"] < 500]
             await self._record(
                 self.outbox.mark_retry(
                     notification.id,
@@ -261,6 +264,10 @@ class Dispatcher:
                     next_attempt_at=now + delay,
                     now=now,
                     attempt=notification.attempts,
+                    envelope=for_now if for_good and for_now else None,
+                    refused=[r for r in notification.refused_recipients if r["code"] >= 500] + for_good
+                    if for_good
+                    else None,
                 )
             )
             # The claimer may be asleep until a later due time (or the slow poll): let it see this one.

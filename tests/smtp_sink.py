@@ -46,6 +46,8 @@ class RecordingHandler:
         self.refuse: dict[str, str] = {}
         # Recipients refused this many more times (then accepted), with the reply in `refuse`: greylisting.
         self.refuse_times: dict[str, int] = {}
+        # Every RCPT TO the server was asked, accepted or not, in order.
+        self.rcpt_asked: list[str] = []
         self.stall_next_data = 0
         self.stall_seconds = 0.0
         self.delay_seconds = 0.0
@@ -53,6 +55,7 @@ class RecordingHandler:
         self._lock = threading.Lock()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.rcpt_asked.append(address)
         if address in self.refuse:
             if address not in self.refuse_times:
                 return self.refuse[address]

@@ -321,3 +321,20 @@ async def test_a_lone_surrogate_is_a_422_not_a_500(service: Service, body: dict[
 
     assert response.status_code == 422
     assert "surrogate" in response.text
+
+
+async def test_when_every_recipient_is_refused_only_those_refused_for_now_are_tried_again(
+    service: Service, smtp_sink: SmtpSink
+) -> None:
+    smtp_sink.handler.refuse["grey@example.com"] = "451 4.7.1 greylisted"
+    smtp_sink.handler.refuse_times["grey@example.com"] = 1
+    smtp_sink.handler.refuse["gone@example.com"] = "550 5.1.1 no such user"
+
+    response = await service.post(to=["grey@example.com", "gone@example.com"], subject="s", text="t")
+
+    sent = await service.wait_for_status(response.json()["id"], "sent")
+    assert [r.rcpt_tos for r in smtp_sink.received] == [["grey@example.com"]]
+    # The address refused for good was not asked again.
+    assert smtp_sink.handler.rcpt_asked == ["grey@example.com", "gone@example.com", "grey@example.com"]
+    assert sent["attempts"] == 2
+    assert [r["address"] for r in sent["refused_recipients"]] == ["gone@example.com"]
