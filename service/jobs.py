@@ -145,11 +145,20 @@ class JobReader:
 class JobRunner:
     """Runs jobs in background tasks; resumes the unfinished ones at start, stops them at shutdown."""
 
-    def __init__(self, store: JobStore, templates: Templates, settings: Settings, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        templates: Templates,
+        settings: Settings,
+        wake: Callable[[], None],
+        accepted: Callable[[int], None] = lambda count: None,
+    ) -> None:
         self.store = store
         self.templates = templates
         self.settings = settings
         self.wake = wake
+        # Told how many notifications each stored chunk added (the metrics' accepted counter).
+        self.accepted = accepted
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def resume(self) -> int:
@@ -245,6 +254,7 @@ class JobRunner:
                 )
                 job.rows_done = chunk.last_row
                 if chunk.notifications:
+                    self.accepted(len(chunk.notifications))
                     self.wake()
                 log.debug("job_progress", rows_done=chunk.last_row, accepted=len(chunk.notifications))
                 await asyncio.sleep(0)

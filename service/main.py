@@ -51,7 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper = asyncio.create_task(idempotency.sweep_expired_forever(), name="idempotency-sweeper")
         await dispatcher.start()
         job_store = open_job_store(outbox)
-        job_runner = JobRunner(job_store, mail_templates, settings, wake=dispatcher.wake)
+        job_runner = JobRunner(
+            job_store,
+            mail_templates,
+            settings,
+            wake=dispatcher.wake,
+            accepted=app_metrics.notifications_accepted.inc,
+        )
         app.state.job_store = job_store
         app.state.job_runner = job_runner
         await job_runner.resume()

@@ -176,3 +176,15 @@ async def test_http_requests_are_labelled_by_route_template_and_status_class(ser
     assert value(samples, "http_requests_total", method="OTHER", route="/v1/notifications", status_class="4xx") == 1
     routes = {dict(labels).get("route") for (_name, labels) in samples}
     assert not any("no-such-id" in route or created.json()["id"] in route for route in routes if route)
+
+
+async def test_mail_from_a_csv_job_counts_as_accepted_like_any_other(service: Service, smtp_sink: SmtpSink) -> None:
+    csv = b"email,first_name,login_url\r\nada@example.com,Ada,https://x/1\r\ngrace@example.com,Grace,https://x/2\r\n"
+    response = await service.client.post(
+        "/v1/jobs", files={"file": ("people.csv", csv, "text/csv")}, data={"template": "welcome"}
+    )
+    assert response.status_code == 202, response.text
+
+    await smtp_sink.wait_for(2)
+    await wait_for_metric(service, "notifications_sent_total", 2)
+    assert value(await scrape(service), "notifications_accepted_total") == 2
