@@ -97,11 +97,13 @@ class Dispatcher:
             self._ready.put_nowait(None)
         if self._workers:
             _done, pending = await asyncio.wait(self._workers, timeout=self.settings.SHUTDOWN_GRACE_SECONDS)
+            # Sends, not workers: with no grace at all, idle workers are still pending too.
+            interrupted = self.inflight
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            if pending:
-                log.warning("dispatcher_sends_interrupted", count=len(pending))
+            if interrupted:
+                log.warning("dispatcher_sends_interrupted", count=interrupted)
         log.info("dispatcher_stopped", released=len(unstarted))
 
     # -- claiming -----------------------------------------------------------------------------------------
