@@ -34,6 +34,16 @@ def retry_delay(attempts: int, settings: Settings) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def refused_for_good(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recipients a server refused with 5xx: asking again cannot help."""
+    return [r for r in refused if r["code"] >= 500]
+
+
+def refused_for_now(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recipients a server refused with 4xx (greylisting, a full mailbox): worth asking again later."""
+    return [r for r in refused if 400 <= r["code"] < 500]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -197,8 +207,8 @@ class Dispatcher:
                 )
                 raise
             # Refusals of earlier attempts that are final stay on record beside this attempt's.
-            refused = [r for r in notification.refused_recipients if r["code"] >= 500] + delivery.refused
-            for_now = [r for r in delivery.refused if 400 <= r["code"] < 500]
+            refused = refused_for_good(notification.refused_recipients) + delivery.refused
+            for_now = refused_for_now(delivery.refused)
             if for_now and notification.attempts < self.settings.MAX_ATTEMPTS:
                 # Not sent yet, as far as the counters go: the notification is sent once every recipient is.
                 self.metrics.observe_send(
@@ -257,8 +267,8 @@ class Dispatcher:
         if failure.transient and notification.attempts < self.settings.MAX_ATTEMPTS:
             delay = retry_delay(notification.attempts, self.settings)
             # Every recipient refused, some for good (5xx) and some for now (4xx): only the latter are tried again.
-            for_good = [r for r in failure.refused if r["code"] >= 500]
-            for_now = [r["address"] for r in failure.refused if 400 <= r["code"] < 500]
+            for_good = refused_for_good(failure.refused)
+            for_now = [r["address"] for r in refused_for_now(failure.refused)]
             await self._record(
                 self.outbox.mark_retry(
                     notification.id,
@@ -267,9 +277,7 @@ class Dispatcher:
                     now=now,
                     attempt=notification.attempts,
                     envelope=for_now if for_good and for_now else None,
-                    refused=[r for r in notification.refused_recipients if r["code"] >= 500] + for_good
-                    if for_good
-                    else None,
+                    refused=refused_for_good(notification.refused_recipients) + for_good if for_good else None,
                 )
             )
             # The claimer may be asleep until a later due time (or the slow poll): let it see this one.
@@ -305,11 +313,11 @@ class Dispatcher:
         """The last word on a notification an earlier attempt delivered to some recipients: it is `sent` (they
         have it), and the recipients it never reached are listed, with why, in `refused_recipients`."""
         now = time.time()
-        code = int(reason[:3]) if failure.refused == [] and reason[:3].isdigit() else 0
+        code = int(reason[:3]) if reason[:3].isdigit() else 0
         unreached = failure.refused or [
             {"address": address, "code": code, "message": reason} for address in notification.envelope or []
         ]
-        refused = [r for r in notification.refused_recipients if r["code"] >= 500] + unreached
+        refused = refused_for_good(notification.refused_recipients) + unreached
         await self._record(
             self.outbox.mark_sent(
                 notification.id,

@@ -10,19 +10,19 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+
+from service.outbox import read_migrations
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def latest_migration(backend: str) -> int:
     """The number of the last migration file of `backend` ("sqlite" or "postgres")."""
-    folder = resources.files("service.outbox") / "migrations" / backend
-    return max(int(entry.name.split("_", 1)[0]) for entry in folder.iterdir() if entry.name.endswith(".sql"))
+    return read_migrations(backend)[-1][0]
 
 
 def database_url(name: str) -> str:

@@ -10,8 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.outbox import OutboxUnavailable
-from service.outbox import postgres as pg
+from service.outbox import OutboxUnavailable, read_migrations
 from service.outbox.postgres import PostgresOutbox
 from service.outbox.sqlite import SqliteOutbox
 from tests.test_outbox import notification, replicas
@@ -79,7 +78,7 @@ async def test_a_stale_outcome_cannot_land_on_a_newer_claim_after_a_requeue(
 
 
 async def test_migration_0003_counts_rows_an_older_replica_commits_during_the_upgrade(postgres_url: str) -> None:
-    migrations = pg._migrations()
+    migrations = read_migrations("postgres")
     setup = await asyncpg.connect(postgres_url)
     old = await asyncpg.connect(postgres_url)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 QUEUED = "queued"
@@ -248,6 +249,16 @@ class Outbox(abc.ABC):
         on every insert by any replica. Best effort: the dispatcher's slow poll covers a missed wake-up.
         """
         return None
+
+
+def read_migrations(backend: str) -> list[tuple[int, str, str]]:
+    """A backend's schema migrations, `migrations/<backend>/NNNN_name.sql`, as (number, name, script) in order."""
+    found = []
+    for entry in (resources.files("service.outbox") / "migrations" / backend).iterdir():
+        if entry.name.endswith(".sql"):
+            number, name = entry.name.removesuffix(".sql").split("_", 1)
+            found.append((int(number), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
 
 
 def open_outbox(settings: Any) -> Outbox:

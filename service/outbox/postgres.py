@@ -15,7 +15,6 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from importlib import resources
 from typing import Any
 
 import asyncpg
@@ -37,6 +36,7 @@ from service.outbox import (
     QueueFull,
     QueueGauges,
     QueueStats,
+    read_migrations,
 )
 from service.outbox.rows import content_json, notification_from_row
 
@@ -63,16 +63,6 @@ _RETURNING = ", ".join(f"n.{column.strip()}" for column in _COLUMNS.split(","))
 UNSENT_QUERY = f"SELECT coalesce(sum(count), 0) FROM notification_counts WHERE status IN ('{QUEUED}', '{SENDING}')"
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("service.outbox") / "migrations" / "postgres"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            number, name = entry.name.removesuffix(".sql").split("_", 1)
-            found.append((int(number), name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 def redact(url: str) -> str:
@@ -119,7 +109,7 @@ class PostgresOutbox(Outbox):
                 " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             applied = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
-            for number, name, script in _migrations():
+            for number, name, script in read_migrations("postgres"):
                 if number <= applied:
                     continue
                 async with conn.transaction():

@@ -18,7 +18,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -38,6 +37,7 @@ from service.outbox import (
     QueueFull,
     QueueGauges,
     QueueStats,
+    read_migrations,
 )
 from service.outbox.rows import content_json, notification_from_row
 
@@ -58,15 +58,6 @@ _COLUMNS = (
 
 # With an `attempt`, an outcome only lands while the row is still that claim's (see Outbox.mark_sent).
 _STILL_CLAIMED = f"AND (:attempt IS NULL OR (status = '{SENDING}' AND attempts = :attempt))"
-
-
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("service.outbox") / "migrations" / "sqlite"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 def split_statements(script: str) -> list[str]:
@@ -141,7 +132,7 @@ class SqliteOutbox(Outbox):
         db.execute("BEGIN IMMEDIATE")
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in _migrations():
+            for number, _name, script in read_migrations("sqlite"):
                 if number > version:
                     for statement in split_statements(script):
                         db.execute(statement)
