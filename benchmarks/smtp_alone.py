@@ -3,7 +3,10 @@
 Builds each mail with the same headers as the service, the plain stdlib way (`EmailMessage()`, the default
 policy, as aiosmtplib's docs do), sends COUNT of them, prints one line of JSON with its CPU time and peak RSS.
 
-    python -m benchmarks.smtp_alone SMTP_PORT COUNT [CONNECTIONS]
+    python -m benchmarks.smtp_alone SMTP_PORT COUNT [CONNECTIONS] [--prebuilt]
+
+`--prebuilt` builds every mail (to bytes) before the clock starts and sends them with `sendmail`: what is left
+is the SMTP conversation alone, the ceiling of any client on this sink.
 """
 
 from __future__ import annotations
@@ -55,11 +58,30 @@ async def send_all(port: int, count: int, connections: int) -> None:
     await asyncio.gather(*(work() for _ in range(connections)))
 
 
+async def send_prebuilt(port: int, mails: list[bytes], connections: int) -> None:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for mail in mails:
+        queue.put_nowait(mail)
+
+    async def work() -> None:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as smtp:
+            while not queue.empty():
+                await smtp.sendmail(MAIL_FROM, ["ada@example.com"], queue.get_nowait())
+
+    await asyncio.gather(*(work() for _ in range(connections)))
+
+
 def main() -> None:
-    port, count = int(sys.argv[1]), int(sys.argv[2])
-    connections = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-    started, cpu = time.perf_counter(), time.process_time()
-    uvloop.run(send_all(port, count, connections))
+    args = [arg for arg in sys.argv[1:] if arg != "--prebuilt"]
+    port, count = int(args[0]), int(args[1])
+    connections = int(args[2]) if len(args) > 2 else 8
+    if "--prebuilt" in sys.argv:
+        mails = [bytes(build_plain_message(str(uuid.uuid4()))) for _ in range(count)]
+        started, cpu = time.perf_counter(), time.process_time()
+        uvloop.run(send_prebuilt(port, mails, connections))
+    else:
+        started, cpu = time.perf_counter(), time.process_time()
+        uvloop.run(send_all(port, count, connections))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     print(json.dumps({"sent": count, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak_rss_mb()}))
 

@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     RETRY_BASE_SECONDS: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt.")
     RETRY_MAX_SECONDS: float = Field(600.0, gt=0, description="Upper bound of one retry delay.")
     SHUTDOWN_GRACE_SECONDS: float = Field(10.0, ge=0, description="How long in-flight sends may finish.")
+    DISPATCHER_PROCESS: bool = Field(
+        True,
+        description="Send from a process of its own, so delivery gets a core and the HTTP process only accepts;"
+        " false: one process does both.",
+    )
+    DISPATCHER_NICE: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness of that process: when the cores are busy, answering requests comes first and the"
+        " outbox holds what waits; 0: equal shares.",
+    )
 
     # Request limits
     MAX_RECIPIENTS: int = Field(50, ge=1, le=1000, description="Most addresses in to+cc+bcc together.")

@@ -19,6 +19,7 @@ from service.api import batch, errors, health, jobs, metrics, notifications, sta
 from service.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.config import Settings, load_settings
 from service.dispatcher import Dispatcher
+from service.dispatcher_process import DispatcherProcess
 from service.idempotency import Idempotency
 from service.jobs import JobRunner
 from service.limits import LIMIT_RESPONSES, BodyLimitMiddleware, queue_full_handler
@@ -42,7 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         outbox = open_outbox(settings)
         await outbox.open()
-        dispatcher = Dispatcher(outbox, settings, metrics=app_metrics)
+        dispatcher: Dispatcher | DispatcherProcess
+        if settings.DISPATCHER_PROCESS:
+            dispatcher = DispatcherProcess(outbox, settings, metrics=app_metrics)
+        else:
+            dispatcher = Dispatcher(outbox, settings, metrics=app_metrics)
         app.state.outbox = outbox
         app.state.dispatcher = dispatcher
         app.state.smtp_probe = SmtpProbe(settings)

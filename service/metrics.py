@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.outbox import STATUSES
@@ -91,6 +92,7 @@ class Metrics:
             self.send_attempts.labels(result=result)
         for status in STATUSES:
             self.outbox_notifications.labels(status=status)
+        self._mirror: _Mirror | None = None
         self._connections: weakref.WeakSet[object] = weakref.WeakSet()
         self.smtp_connections_open.set_function(
             lambda: sum(1 for connection in self._connections if getattr(connection, "is_open", False))
@@ -123,6 +125,55 @@ class Metrics:
 
         return make
 
+    # -- the dispatcher in a process of its own (service/dispatcher_process.py) --------------------------
+
+    def dispatcher_collectors(self) -> dict[str, Counter | Gauge | Histogram]:
+        """The metrics only the dispatcher moves, by family name."""
+        collectors: list[Counter | Gauge | Histogram] = [
+            self.notifications_sent,
+            self.notifications_failed,
+            self.send_attempts,
+            self.smtp_send_duration,
+            self.dispatcher_inflight,
+            self.smtp_connections_open,
+        ]
+        return {family.name: collector for collector in collectors for family in collector.collect()}
+
+    def dispatcher_snapshot(self) -> list[dict[str, object]]:
+        """The dispatcher's metrics as they are now, as JSON-ready data for the HTTP process to serve."""
+        return [
+            {
+                "name": family.name,
+                "documentation": family.documentation,
+                "type": family.type,
+                "samples": [[sample.name, sample.labels, sample.value] for sample in family.samples],
+            }
+            for collector in self.dispatcher_collectors().values()
+            for family in collector.collect()
+        ]
+
+    def serve_dispatcher_snapshots(self) -> Callable[[list[dict[str, object]]], None]:
+        """In the HTTP process: serve the dispatcher process' metrics instead of this process' own (idle) ones.
+        Returns the function that takes each new snapshot; until the first arrives, the idle values are served."""
+        mirror = self._mirror
+        if mirror is None:
+            own = self.dispatcher_collectors()
+            mirror = self._mirror = _Mirror([family for collector in own.values() for family in collector.collect()])
+            for collector in own.values():
+                self.registry.unregister(collector)
+            self.registry.register(mirror)
+
+        def update(snapshot: list[dict[str, object]]) -> None:
+            families = []
+            for data in snapshot:
+                family = Metric(str(data["name"]), str(data["documentation"]), str(data["type"]))
+                for name, labels, value in data["samples"]:  # type: ignore[attr-defined]
+                    family.add_sample(name, labels, value)
+                families.append(family)
+            mirror.families = families
+
+        return update
+
     # -- the outbox ---------------------------------------------------------------------------------------
 
     def set_queue_gauges(self, gauges: QueueGauges, now: float) -> None:
@@ -141,6 +192,16 @@ class Metrics:
         labels = {"method": method, "route": route, "status_class": f"{status // 100}xx"}
         self.http_requests.labels(**labels).inc()
         self.http_request_duration.labels(**labels).observe(seconds)
+
+
+class _Mirror:
+    """A collector that serves the last snapshot it was given (the dispatcher process' metrics)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
 
 
 class HttpMetricsMiddleware:

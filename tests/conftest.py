@@ -46,6 +46,9 @@ def make_settings(tmp_path: Path, smtp_port: int, **overrides: Any) -> Settings:
         "SHUTDOWN_GRACE_SECONDS": 2,
         "MAIL_FROM": "Notifier <notifier@example.com>",
         "LOG_FORMAT": "console",
+        # One process, so that tests can watch the dispatcher (its logs, its metrics) from the inside;
+        # tests/test_dispatcher_process.py and the end-to-end tests run it in a process of its own.
+        "DISPATCHER_PROCESS": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -39,13 +39,13 @@ def test_the_benchmark_runs_every_system_and_the_service_loses_nothing(tmp_path:
     assert "accepted req/s, service ÷ tutorial" in completed.stdout
     [path] = tmp_path.glob("bench-*.json")
     results = json.loads(path.read_text())["results"]
-    assert set(results) == {"bare", "tutorial", "service", "alone"}
+    assert set(results) == {"bare", "tutorial", "service", "alone", "wire"}
     service = results["service"]
     assert service["accepted"] > 0
     assert service["extra"]["answered_202_not_stored"] == 0
     assert service["delivered"] == service["extra"]["stored"]
     assert service["lost"] == 0
-    assert results["alone"]["delivered"] == 20
+    assert results["alone"]["delivered"] == results["wire"]["delivered"] == 20
 
 
 async def test_the_replicas_mode_runs_on_postgresql_and_loses_nothing(tmp_path: Path) -> None:

@@ -261,8 +261,10 @@ def read_migrations(backend: str) -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def open_outbox(settings: Any) -> Outbox:
-    """PostgreSQL when OUTBOX_URL is set (several replicas share it), else the SQLite file at OUTBOX_PATH."""
+def open_outbox(settings: Any, *, lock: bool = True) -> Outbox:
+    """PostgreSQL when OUTBOX_URL is set (several replicas share it), else the SQLite file at OUTBOX_PATH.
+
+    `lock=False` only for the dispatcher's own process: the SQLite file's lock is its parent's (inherited)."""
     if settings.OUTBOX_URL is not None:
         from service.outbox.postgres import PostgresOutbox
 
@@ -278,6 +280,7 @@ def open_outbox(settings: Any) -> Outbox:
         settings.OUTBOX_PATH,
         synchronous=settings.OUTBOX_SYNCHRONOUS,
         queue_limit=getattr(settings, "QUEUE_LIMIT", None),
+        lock=lock,
     )
 
 

@@ -4,9 +4,9 @@ sqlite3 blocks, so every statement runs on a single dedicated thread, never on t
 group-committed: the requests that arrive while a commit is on disk are written together in the next
 transaction, and each request is answered only after the transaction holding its row has committed.
 
-The number of notifications not yet sent is counted once at open and then kept in memory, changed only on
-the outbox thread right after each commit, so the queue limit is checked exactly without a count per request.
-That count is this process's: one process owns one outbox file.
+The queue limit is checked inside each insert transaction against the counts the triggers keep (migration
+0003): two rows read per group commit, exact whichever process sent the mail (the dispatcher may run in a
+process of its own, service/dispatcher_process.py).
 """
 
 from __future__ import annotations
@@ -75,14 +75,16 @@ def split_statements(script: str) -> list[str]:
 
 
 class SqliteOutbox(Outbox):
-    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL", queue_limit: int | None = None) -> None:
+    def __init__(
+        self, path: Path | str, *, synchronous: str = "NORMAL", queue_limit: int | None = None, lock: bool = True
+    ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         self.queue_limit = queue_limit
+        # False only in the dispatcher's own process, which holds its parent's lock (inherited, not taken).
+        self.lock = lock
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        # Notifications queued or sending; written only on the outbox thread, after a commit.
-        self._unsent = 0
         self._pending: list[tuple[_Insert, asyncio.Future[None]]] = []
         self._pending_added = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -105,10 +107,16 @@ class SqliteOutbox(Outbox):
             raise
         self._writer = asyncio.create_task(self._write_pending_forever(), name="outbox-writer")
 
+    @property
+    def lock_fd(self) -> int | None:
+        """The locked file's descriptor, for the dispatcher's process to inherit: the lock then lasts until
+        both processes are gone."""
+        return self._lock_file.fileno() if self._lock_file is not None else None
+
     def _lock(self) -> None:
-        """One process per outbox file: its claims and its unsent count are its own, and a second process would
-        put the first one's live claims back in the queue at its start (sending them twice). The lock is the
-        kernel's (flock), so it goes with the process, even on SIGKILL."""
+        """One service per outbox file: its claims are its own, and a second service would put the first one's
+        live claims back in the queue at its start (sending them twice). The lock is the kernel's (flock), so it
+        goes with the process, even on SIGKILL."""
         lock_file = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 - held open for the outbox's lifetime
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -122,7 +130,8 @@ class SqliteOutbox(Outbox):
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        if self.lock:
+            self._lock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly what we say.
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
         db.row_factory = sqlite3.Row
@@ -141,10 +150,6 @@ class SqliteOutbox(Outbox):
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        # The one count: an index range over notifications_due, not a scan of sent mail.
-        self._unsent = db.execute(
-            f"SELECT count(*) FROM notifications WHERE status IN ('{QUEUED}', '{SENDING}')"
-        ).fetchone()[0]
         self._db = db
 
     async def close(self) -> None:
@@ -234,8 +239,8 @@ class SqliteOutbox(Outbox):
         """One transaction for all; a group refused (queue full, key taken) is skipped, the others go in."""
         now = time.time()
 
-        def insert_all(db: sqlite3.Connection) -> tuple[int, list[Exception | None]]:
-            unsent = self._unsent
+        def insert_all(db: sqlite3.Connection) -> list[Exception | None]:
+            unsent = self._count_unsent(db) if self.queue_limit is not None else 0
             refusals: list[Exception | None] = []
             for notifications, idempotency in inserts:
                 if self.queue_limit is not None and unsent + len(notifications) > self.queue_limit:
@@ -247,10 +252,9 @@ class SqliteOutbox(Outbox):
                 self.insert_notifications(db, notifications)
                 unsent += len(notifications)
                 refusals.append(None)
-            return unsent, refusals
+            return refusals
 
-        self._unsent, refusals = self._transaction(db, insert_all)
-        return refusals
+        return self._transaction(db, insert_all)
 
     @staticmethod
     def insert_notifications(
@@ -299,22 +303,20 @@ class SqliteOutbox(Outbox):
         """Run `fn(db)` on the outbox thread, outside any transaction (reads)."""
         return await self._run(fn)
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T], *, added: int = 0) -> T:
-        """Run `fn(db)` in one write transaction on the outbox thread.
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(db)` in one write transaction on the outbox thread (the triggers count what it inserts)."""
+        return await self._run(lambda db: self._transaction(db, fn))
 
-        `added` is how many notifications `fn` inserts: the unsent count follows them once they are committed,
-        as it does for add(), so the queue limit keeps counting them until they are sent.
-        """
-
-        def write(db: sqlite3.Connection) -> T:
-            result = self._transaction(db, fn)
-            self._unsent += added
-            return result
-
-        return await self._run(write)
+    @staticmethod
+    def _count_unsent(db: sqlite3.Connection) -> int:
+        return int(
+            db.execute(
+                f"SELECT coalesce(sum(count), 0) FROM notification_counts WHERE status IN ('{QUEUED}', '{SENDING}')"
+            ).fetchone()[0]
+        )
 
     async def count_unsent(self) -> int:
-        return self._unsent
+        return await self._run(self._count_unsent)
 
     async def get_idempotency(self, scope: str, key: str, now: float) -> IdempotencyRecord | None:
         def get(db: sqlite3.Connection) -> IdempotencyRecord | None:
@@ -423,21 +425,6 @@ class SqliteOutbox(Outbox):
     async def _update(self, sql: str, params: dict[str, Any]) -> None:
         await self._run(lambda db: self._transaction(db, lambda db: db.execute(sql, params)))
 
-    async def _finish(self, sql: str, params: dict[str, Any]) -> None:
-        """An update that may end a notification's wait (sent, failed): the unsent count follows it."""
-
-        def finish(db: sqlite3.Connection) -> bool:
-            row = db.execute("SELECT status FROM notifications WHERE id = :id", params).fetchone()
-            # A guarded update (the claim is no longer ours) changes nothing, and neither does the count.
-            changed = db.execute(sql, params).rowcount == 1
-            return changed and row is not None and row[0] in (QUEUED, SENDING)
-
-        def finish_and_count(db: sqlite3.Connection) -> None:
-            if self._transaction(db, finish):
-                self._unsent -= 1
-
-        await self._run(finish_and_count)
-
     async def mark_sent(
         self,
         notification_id: str,
@@ -447,7 +434,7 @@ class SqliteOutbox(Outbox):
         now: float,
         attempt: int | None = None,
     ) -> None:
-        await self._finish(
+        await self._update(
             f"UPDATE notifications SET status = '{SENT}', smtp_reply = :reply, refused = :refused,"
             f" sent_at = :now, updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
             {
@@ -497,7 +484,7 @@ class SqliteOutbox(Outbox):
         now: float,
         attempt: int | None = None,
     ) -> None:
-        await self._finish(
+        await self._update(
             f"UPDATE notifications SET status = '{FAILED}', last_error = :error, refused = :refused,"
             f" updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
             {
@@ -518,13 +505,7 @@ class SqliteOutbox(Outbox):
             ).fetchone()
             return notification_from_row(row) if row else None
 
-        def requeue_and_count(db: sqlite3.Connection) -> Notification | None:
-            notification = self._transaction(db, requeue)
-            if notification is not None:
-                self._unsent += 1
-            return notification
-
-        return await self._run(requeue_and_count)
+        return await self._run(lambda db: self._transaction(db, requeue))
 
     async def check_writable(self) -> None:
         now = time.time()

@@ -119,7 +119,7 @@ class SqliteJobStore(JobStore):
                 (rows_done, len(notifications), len(errors), job_id),
             )
 
-        await self.outbox.write(add_chunk, added=len(notifications))
+        await self.outbox.write(add_chunk)
 
     async def finish(self, job_id: str, *, status: str, reason: str | None, now: float) -> None:
         await self.outbox.write(

@@ -51,6 +51,29 @@ def service_env(outbox_path: Path, smtp_port: int, **overrides: Any) -> dict[str
     return {**inherited, **{name: str(value) for name, value in values.items()}}
 
 
+def children_of(pid: int) -> list[int]:
+    """A process' children: a service's dispatcher runs in one (DISPATCHER_PROCESS, the default)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text(encoding="ascii")
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except FileNotFoundError:
+        return False
+    # A zombie has exited; it only waits for its parent to read its status.
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 @dataclass
 class ServiceProcess:
     process: subprocess.Popen[bytes]
@@ -65,6 +88,9 @@ class ServiceProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def children(self) -> list[int]:
+        return children_of(self.process.pid)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, exactly like a crash or the OOM killer."""

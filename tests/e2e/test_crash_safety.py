@@ -17,6 +17,7 @@ from tests.chaos_smtp import ChaosHandler, Odds
 from tests.e2e.processes import (
     Load,
     ServiceProcess,
+    alive,
     message_ids,
     outbox_statuses,
     service_env,
@@ -71,11 +72,15 @@ async def test_sigkill_mid_delivery_loses_nothing_and_repeats_at_most_the_in_fli
                 ),
                 lambda: f"no backlog: {len(load.accepted)} accepted, {len(smtp_sink.received)} delivered",
             )
+            dispatcher = first.children()
             first.kill()
             delivered_at_kill = len(smtp_sink.received)
     finally:
         first.stop()
     accepted = load.accepted
+    # The dispatcher's own process died with it (PR_SET_PDEATHSIG): nothing goes on sending from a dead service.
+    assert dispatcher
+    await wait_until(lambda: not any(alive(pid) for pid in dispatcher), 5, lambda: f"still alive: {dispatcher}")
 
     at_kill = outbox_statuses(outbox)
     # The kill really landed mid-delivery: sends were in flight, and accepted mail was still undelivered.
