@@ -244,6 +244,10 @@ def run_wrk(url: str, duration: float, connections: int, threads: int) -> dict[s
         text=True,
         check=True,
     ).stdout
+    return parse_wrk(output)
+
+
+def parse_wrk(output: str) -> dict[str, float]:
     completed_match = re.search(r"(\d+) requests in ([\d.]+)(\w+)", output)
     if completed_match is None:
         raise RuntimeError(f"unexpected wrk output:\n{output}")
@@ -251,15 +255,16 @@ def run_wrk(url: str, duration: float, connections: int, threads: int) -> dict[s
     seconds = _ms(completed_match[2] + completed_match[3]) / 1000
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors = int(non_2xx[1]) if non_2xx else 0
-    p50 = re.search(r"^\s+50%\s+(\S+)$", output, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)$", output, re.M)
+    # wrk pads a value in seconds with a trailing space ("1.25s "): allow it, or the tutorial's p99 reads as 0.
+    p50 = re.search(r"^\s+50%\s+(\S+)\s*$", output, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)\s*$", output, re.M)
     return {
         "completed": completed,
         "ok": completed - errors,
         "errors": errors,
         "seconds": seconds,
-        "p50_ms": _ms(p50[1]) if p50 else 0.0,
-        "p99_ms": _ms(p99[1]) if p99 else 0.0,
+        "p50_ms": _ms(p50[1]) if p50 else float("nan"),
+        "p99_ms": _ms(p99[1]) if p99 else float("nan"),
     }
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.bench import parse_wrk
 from tests.postgres import POSTGRES_URL, _connect_admin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +82,32 @@ async def test_the_replicas_mode_runs_on_postgresql_and_loses_nothing(tmp_path: 
         assert result["accepted"] > 0
         assert result["lost"] == 0
     assert results["postgres-2"]["extra"]["duplicates"] == 0
+
+
+WRK_OUTPUT = "\n".join(
+    [
+        "Running 4s test @ http://127.0.0.1:18095/v1/notifications",
+        "  2 threads and 50 connections",
+        "  Thread Stats   Avg      Stdev     Max   +/- Stdev",
+        "    Latency   136.18ms  237.68ms   1.64s    89.82%",
+        "    Req/Sec   489.88    303.69     1.26k    65.62%",
+        "  Latency Distribution",
+        "     50%   46.75ms",
+        "     75%  112.73ms",
+        "     90%  378.27ms",
+        "     99%    1.25s ",
+        "  3296 requests in 4.03s, 315.44KB read",
+        "  Non-2xx or 3xx responses: 6",
+        "Requests/sec:    817.28",
+        "Transfer/sec:     78.22KB",
+        "",
+    ]
+)
+
+
+def test_wrk_latencies_in_seconds_are_read_too() -> None:
+    # wrk pads "1.25s" with a space; a p99 read as 0 once made the tutorial look instant.
+    parsed = parse_wrk(WRK_OUTPUT)
+    assert parsed["p50_ms"] == 46.75
+    assert parsed["p99_ms"] == 1250.0
+    assert (parsed["completed"], parsed["ok"], parsed["seconds"]) == (3296, 3290, 4.03)
