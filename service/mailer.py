@@ -289,6 +289,17 @@ def classify(exc: BaseException) -> DeliveryFailed:
     raise exc
 
 
+@dataclass(frozen=True, slots=True)
+class _Mail:
+    """One notification's mail, built, with its envelope."""
+
+    notification: Notification
+    data: bytes
+    sender: str
+    recipients: list[str]
+    utf8: bool
+
+
 class SmtpConnection:
     """One SMTP session kept open across messages; reconnects when the server has dropped it."""
 
@@ -325,17 +336,24 @@ class SmtpConnection:
 
     async def send(self, notification: Notification) -> Delivery:
         """Send within SEND_TIMEOUT_SECONDS; raise DeliveryFailed saying whether a retry may help."""
+        sender = addr_spec(self.settings.MAIL_FROM)
+        recipients = envelope_recipients(notification)
+        if not recipients:
+            # What send_message refused before it sent anything.
+            raise DeliveryFailed("unsendable: No recipient headers provided in message", transient=False)
+        # As aiosmtplib's send_message decides it: an address that is not ASCII needs SMTPUTF8, and then the
+        # headers are written in UTF-8 too.
+        utf8 = not (sender.isascii() and all(recipient.isascii() for recipient in recipients))
         try:
-            message = build_message(notification, self.settings.MAIL_FROM)
+            data = build_mail_bytes(notification, self.settings.MAIL_FROM, utf8=utf8)
         except (ValueError, TypeError) as exc:
             # The email package refuses what cannot be a header (the API refuses it first; this is the second
             # line of defence for rows written another way): no retry can make it sendable.
             raise DeliveryFailed(f"unsendable: {exc}", transient=False) from exc
-        sender = addr_spec(self.settings.MAIL_FROM)
-        recipients = envelope_recipients(notification)
+        mail = _Mail(notification, data, sender, recipients, utf8)
         try:
             async with asyncio.timeout(self.settings.SEND_TIMEOUT_SECONDS):
-                return await self._send(message, sender, recipients)
+                return await self._send(mail)
         except TimeoutError as exc:
             # Mid-session state is unknown after a deadline: never reuse this connection.
             self.close()
@@ -349,12 +367,12 @@ class SmtpConnection:
             self.close()
             self._smtp = await self._connect()
 
-    async def _send(self, message: EmailMessage, sender: str, recipients: list[str]) -> Delivery:
+    async def _send(self, mail: _Mail) -> Delivery:
         reused = self.is_open
         await self.open()
         assert self._smtp is not None
         try:
-            errors, reply = await self._smtp.send_message(message, sender=sender, recipients=recipients)
+            errors, reply = await self._send_mail(self._smtp, mail)
         except aiosmtplib.SMTPServerDisconnected as exc:
             self.close()
             if not reused:
@@ -362,7 +380,7 @@ class SmtpConnection:
             # The server closed a kept-open connection (idle timeout): one fresh try, not an attempt.
             self._smtp = await self._connect()
             try:
-                errors, reply = await self._smtp.send_message(message, sender=sender, recipients=recipients)
+                errors, reply = await self._send_mail(self._smtp, mail)
             except Exception as retry_exc:
                 self._close_if_broken(retry_exc)
                 raise classify(retry_exc) from retry_exc
@@ -370,6 +388,25 @@ class SmtpConnection:
             self._close_if_broken(exc)
             raise classify(exc) from exc
         return Delivery(smtp_reply=server_text(f"250 {reply}"), refused=_refused(errors))
+
+    async def _send_mail(self, smtp: aiosmtplib.SMTP, mail: _Mail) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+        """sendmail with the MAIL options send_message would have chosen for this server, in its order."""
+        await smtp._ehlo_or_helo_if_needed()  # what send_message does first: the extensions come from EHLO
+        options = []
+        if mail.utf8:
+            if not smtp.supports_extension("smtputf8"):
+                raise aiosmtplib.SMTPNotSupported(
+                    "An address containing non-ASCII characters was provided, but "
+                    "SMTPUTF8 is not supported by this server"
+                )
+            options.append("SMTPUTF8")
+        data = mail.data
+        if smtp.supports_extension("8BITMIME"):
+            options.append("BODY=8BITMIME")
+        elif not data.isascii():
+            # Only the stdlib path writes 8bit; without 8BITMIME it re-encodes those parts as 7bit.
+            data = build_stdlib_bytes(mail.notification, self.settings.MAIL_FROM, utf8=mail.utf8, cte_type="7bit")
+        return await smtp.sendmail(mail.sender, mail.recipients, data, mail_options=options)
 
     def _close_if_broken(self, exc: BaseException) -> None:
         if not isinstance(exc, (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused)):
