@@ -73,7 +73,8 @@ MAIL_POLICY = policy.default.clone(header_factory=_ReusedHeaderClasses())
 
 
 def build_message(notification: Notification, mail_from: str, *, boundary: str | None = None) -> EmailMessage:
-    """The mail the stdlib way: every case, at about 300 µs. `boundary` fixes a multipart's boundary."""
+    """The mail the stdlib way, for every case build_fast_bytes declines: with its flattening ~370 µs for a plain
+    mail, ~900 µs for text+html (the fast path: 15 and 30). `boundary` fixes a multipart's boundary."""
     message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = mail_from
     message["To"] = ", ".join(notification.to)
