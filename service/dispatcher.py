@@ -123,9 +123,10 @@ class Dispatcher:
         while not self._stopping:
             self._wake.clear()
             room = self._ready.maxsize - self._ready.qsize()
-            if room == 0:
-                # Woken (by an insert somewhere) while the queue is full: nothing to claim until a worker
-                # takes one, and it wakes us when it does. Asking the outbox now would only spin.
+            if room == 0 or (room < self._ready.maxsize / 2 and not self._ready.empty()):
+                # Woken (by an insert somewhere, or a worker taking one) while the workers still have work
+                # waiting: claim once half the queue is free, a few rows per transaction instead of one per
+                # mail. Asking the outbox now would only spin.
                 await self._wake.wait()
                 continue
             try:
