@@ -34,6 +34,29 @@ async def test_a_request_that_cannot_be_stored_fails_alone_not_those_committed_w
         await outbox.close()
 
 
+async def test_an_outcome_that_cannot_be_stored_fails_alone_not_the_writes_committed_with_it(tmp_path: Path) -> None:
+    # Outcomes are group-committed with each other and with inserts: one bad write must not take the others down.
+    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    await outbox.open()
+    try:
+        first, second = notification(), notification()
+        await outbox.add([first, second])
+        assert len(await outbox.claim(2, time.time())) == 2
+        third = notification()
+        now = time.time()
+        results = await asyncio.gather(
+            outbox.mark_sent(first.id, smtp_reply="250 \ud800", refused=[], now=now, attempt=1),
+            outbox.mark_sent(second.id, smtp_reply="250 OK", refused=[], now=now, attempt=1),
+            outbox.add([third]),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], Exception)
+        assert results[1:] == [None, None]
+        assert [(await outbox.get(n.id)).status for n in (first, second, third)] == ["sending", "sent", "queued"]  # type: ignore[union-attr]
+    finally:
+        await outbox.close()
+
+
 async def test_adding_to_a_closed_outbox_fails_instead_of_waiting_forever(tmp_path: Path) -> None:
     outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
     await outbox.open()
