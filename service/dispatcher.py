@@ -78,6 +78,10 @@ class Dispatcher:
         self._claimer = asyncio.create_task(self._claim_forever(), name="dispatcher-claimer")
         log.info("dispatcher_started", workers=self.settings.SEND_CONCURRENCY)
 
+    @property
+    def running(self) -> bool:
+        return self._claimer is not None and not self._claimer.done()
+
     async def notify(self, notification_id: str) -> None:
         """A notification was just accepted: wake the claimer. The route's background task; async so that
         Starlette runs it on the event loop instead of handing it to its thread pool."""

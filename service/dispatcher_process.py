@@ -146,6 +146,10 @@ class DispatcherProcess:
             else:
                 return
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None and not self._stopping
+
     async def notify(self, notification_id: str) -> None:
         """A notification was just accepted (the route's background task): wake the child."""
         self.wake()

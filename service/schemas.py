@@ -156,6 +156,8 @@ class Message(BaseModel):
 class ReadinessChecks(BaseModel):
     outbox: Literal["pass", "fail"]
     smtp: Literal["pass", "fail"]
+    # The dispatcher runs (its process is up, when it has one); "fail" while it is restarted: mail waits.
+    dispatcher: Literal["pass", "fail"] = "pass"
 
 
 class Readiness(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.api.deps import OutboxDep, SmtpProbeDep
+from service.api.deps import DispatcherDep, OutboxDep, SmtpProbeDep
 from service.outbox import OutboxUnavailable
 from service.schemas import Readiness, ReadinessChecks
 
@@ -21,9 +21,10 @@ async def live() -> dict[str, str]:
     "/ready",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "The outbox cannot be written"}},
-    summary="pass: ready; warn: SMTP unreachable, mail is accepted and waits; fail: outbox unwritable",
+    summary="pass: ready; warn: SMTP unreachable or the dispatcher down, mail is accepted and waits;"
+    " fail: outbox unwritable",
 )
-async def ready(outbox: OutboxDep, smtp_probe: SmtpProbeDep) -> JSONResponse:
+async def ready(outbox: OutboxDep, smtp_probe: SmtpProbeDep, dispatcher: DispatcherDep) -> JSONResponse:
     schema_version = None
     try:
         await outbox.check_writable()
@@ -32,10 +33,11 @@ async def ready(outbox: OutboxDep, smtp_probe: SmtpProbeDep) -> JSONResponse:
     except OutboxUnavailable:
         outbox_check = "fail"
     smtp_check = "pass" if await smtp_probe.check() else "fail"
-    overall = "fail" if outbox_check == "fail" else "warn" if smtp_check == "fail" else "pass"
+    dispatcher_check = "pass" if dispatcher.running else "fail"
+    overall = "fail" if outbox_check == "fail" else "warn" if "fail" in (smtp_check, dispatcher_check) else "pass"
     body = Readiness(
         status=overall,
-        checks=ReadinessChecks(outbox=outbox_check, smtp=smtp_check),
+        checks=ReadinessChecks(outbox=outbox_check, smtp=smtp_check, dispatcher=dispatcher_check),
         schema_version=schema_version,
     )
     return JSONResponse(body.model_dump(), status_code=503 if overall == "fail" else 200)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tests.conftest import Service, make_settings, running
+import pytest
+
+from tests.conftest import MAIL, Service, make_settings, running
 from tests.postgres import latest_migration
+from tests.smtp_sink import SmtpSink
 
 LATEST_SQLITE_MIGRATION = latest_migration("sqlite")
 
@@ -24,7 +27,7 @@ async def test_ready_passes_with_smtp_and_outbox_working(service: Service) -> No
     assert response.status_code == 200
     assert response.json() == {
         "status": "pass",
-        "checks": {"outbox": "pass", "smtp": "pass"},
+        "checks": {"outbox": "pass", "smtp": "pass", "dispatcher": "pass"},
         "schema_version": LATEST_SQLITE_MIGRATION,
     }
 
@@ -41,7 +44,7 @@ async def test_ready_warns_while_smtp_is_unreachable_and_mail_is_still_accepted(
     assert response.status_code == 200
     assert response.json() == {
         "status": "warn",
-        "checks": {"outbox": "pass", "smtp": "fail"},
+        "checks": {"outbox": "pass", "smtp": "fail", "dispatcher": "pass"},
         "schema_version": LATEST_SQLITE_MIGRATION,
     }
     assert accepted.status_code == 202
@@ -59,3 +62,18 @@ async def test_ready_fails_with_503_when_the_outbox_cannot_be_written(service: S
     assert response.status_code == 503
     assert response.json()["status"] == "fail"
     assert response.json()["checks"]["outbox"] == "fail"
+
+
+@pytest.mark.parametrize("own_process", [False, True], ids=["in-process", "own-process"])
+async def test_ready_warns_while_the_dispatcher_is_not_running(
+    tmp_path: Path, smtp_sink: SmtpSink, own_process: bool
+) -> None:
+    async with running(make_settings(tmp_path, smtp_sink.port, DISPATCHER_PROCESS=own_process)) as service:
+        await service.app.state.dispatcher.stop()
+        response = await service.client.get("/health/ready")
+        accepted = await service.post(**MAIL)
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "warn"
+    assert response.json()["checks"] == {"outbox": "pass", "smtp": "pass", "dispatcher": "fail"}
+    assert accepted.status_code == 202

@@ -28,7 +28,7 @@ async def test_the_service_on_postgresql_accepts_delivers_and_reports_its_schema
     assert mail.message["Message-ID"] == sent["message_id"]
     assert ready.json() == {
         "status": "pass",
-        "checks": {"outbox": "pass", "smtp": "pass"},
+        "checks": {"outbox": "pass", "smtp": "pass", "dispatcher": "pass"},
         "schema_version": latest_migration("postgres"),
     }
     assert [n["id"] for n in listed.json()["items"]] == [sent["id"]]
