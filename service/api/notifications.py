@@ -11,7 +11,7 @@ import structlog
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from service.api.deps import DispatcherDep, IdempotencyDep, OutboxDep, SettingsDep, TemplatesDep
+from service.api.deps import AcceptingDep, DispatcherDep, OutboxDep
 from service.api.templates import render_request
 from service.config import Settings
 from service.dispatcher import Dispatcher
@@ -125,17 +125,15 @@ async def create_notification(
     body: NotificationRequest,
     request: Request,
     background: BackgroundTasks,
-    outbox: OutboxDep,
-    dispatcher: DispatcherDep,
-    settings: SettingsDep,
-    idempotency: IdempotencyDep,
-    templates: TemplatesDep,
+    accepting: AcceptingDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    async with idempotency.begin(request, idempotency_key, body) as claim:
+    async with accepting.idempotency.begin(request, idempotency_key, body) as claim:
         if claim.replay is not None:
             return claim.replay
-        notification = new_notification(render_request(body, templates), settings, request.state.request_id)
+        notification = new_notification(
+            render_request(body, accepting.templates), accepting.settings, request.state.request_id
+        )
         # The answer is fixed before the commit: it is stored with the notification for replays.
         notification.updated_at = notification.next_attempt_at = notification.created_at
         answer = to_status(notification).model_dump_json().encode()
@@ -143,8 +141,8 @@ async def create_notification(
         try:
             await accept(
                 notification,
-                outbox,
-                dispatcher,
+                accepting.outbox,
+                accepting.dispatcher,
                 background,
                 idempotency=claim.record(status.HTTP_202_ACCEPTED, answer, headers),
             )
