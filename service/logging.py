@@ -96,8 +96,12 @@ class RequestIdMiddleware:
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, encoded)]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        # bind/reset rather than `bound_contextvars()`: the same binding without a generator context manager.
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
             await self.app(scope, receive, send_with_request_id)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
 
 def _request_id_from(scope: Scope) -> str:
