@@ -12,7 +12,7 @@ import structlog
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from service.api.deps import AcceptingDep, DispatcherDep, OutboxDep
+from service.api.deps import Accepting, DispatcherDep, OutboxDep
 from service.api.templates import render_request
 from service.config import Settings
 from service.dispatcher import Dispatcher
@@ -133,9 +133,9 @@ async def create_notification(
     body: NotificationRequest,
     request: Request,
     background: BackgroundTasks,
-    accepting: AcceptingDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
+    accepting = Accepting.of(request)
     async with accepting.idempotency.begin(request, idempotency_key, body) as claim:
         if claim.replay is not None:
             return claim.replay
