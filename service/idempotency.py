@@ -85,6 +85,8 @@ class Claim:
 
     scope: str
     key: str | None
+    # Only a request with a key is compared with another: without one it stays "" (hashing the body is a
+    # measurable share of an accept).
     fingerprint: str
     ttl_seconds: float
     replay: Response | None = None
@@ -145,10 +147,10 @@ class Idempotency:
 
     @asynccontextmanager
     async def begin(self, request: Request, key: str | None, body: BaseModel) -> AsyncIterator[Claim]:
-        claim = Claim(caller_scope(request), key, fingerprint(request, body), self.ttl_seconds)
         if key is None:
-            yield claim
+            yield Claim(caller_scope(request), None, "", self.ttl_seconds)
             return
+        claim = Claim(caller_scope(request), key, fingerprint(request, body), self.ttl_seconds)
         held = (claim.scope, key)
         if held in self._in_flight:
             raise _in_progress(key)

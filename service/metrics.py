@@ -94,6 +94,9 @@ class Metrics:
             self.outbox_notifications.labels(status=status)
         self._mirror: _Mirror | None = None
         self._connections: weakref.WeakSet[object] = weakref.WeakSet()
+        # Each label set's children, looked up once: `labels(**...)` takes a lock and builds the key on every
+        # call. Bounded like the series themselves (methods x route templates x status classes).
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.smtp_connections_open.set_function(
             lambda: sum(1 for connection in self._connections if getattr(connection, "is_open", False))
         )
@@ -189,9 +192,16 @@ class Metrics:
         # The route's template (`/v1/notifications/{notification_id}`), never the raw path: one series per
         # route, not one per notification id.
         route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
-        labels = {"method": method, "route": route, "status_class": f"{status // 100}xx"}
-        self.http_requests.labels(**labels).inc()
-        self.http_request_duration.labels(**labels).observe(seconds)
+        key = (method, route, status // 100)
+        children = self._http_children.get(key)
+        if children is None:
+            labels = {"method": method, "route": route, "status_class": f"{status // 100}xx"}
+            children = self._http_children[key] = (
+                self.http_requests.labels(**labels),
+                self.http_request_duration.labels(**labels),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class _Mirror:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ import structlog
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from service.api.deps import DispatcherDep, IdempotencyDep, OutboxDep, SettingsDep, TemplatesDep
+from service.api.deps import Accepting, DispatcherDep, OutboxDep
 from service.api.templates import render_request
 from service.config import Settings
 from service.dispatcher import Dispatcher
@@ -57,6 +58,12 @@ def to_status(n: Notification) -> NotificationStatus:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def message_id_domain(mail_from: str) -> str:
+    """The right side of our Message-IDs: MAIL_FROM's domain. Parsing the address is ~12 µs, on every accept."""
+    return addr_spec(mail_from).rpartition("@")[2] or "localhost"
+
+
 def new_notification(request: NotificationRequest, settings: Settings, request_id: str | None) -> Notification:
     if request.recipient_count() > settings.MAX_RECIPIENTS:
         raise RequestValidationError(
@@ -72,7 +79,7 @@ def new_notification(request: NotificationRequest, settings: Settings, request_i
         )
     assert request.subject is not None, "a template request is rendered first: service.api.templates.render_request"
     notification_id = str(uuid.uuid4())
-    domain = addr_spec(settings.MAIL_FROM).rpartition("@")[2] or "localhost"
+    domain = message_id_domain(settings.MAIL_FROM)
     return Notification(
         id=notification_id,
         to=request.to,
@@ -101,8 +108,9 @@ async def accept(
     then (after the response is sent) a hand-off to the dispatcher."""
     await outbox.add([notification], idempotency=idempotency)
     dispatcher.metrics.notifications_accepted.inc()
-    with structlog.contextvars.bound_contextvars(notification_id=notification.id):
-        log.info("notification_accepted", recipients=len(notification.recipients))
+    # The id as the event's own key rather than bound to the context around it: the same keys, without a
+    # context manager and two context-variable changes per accept.
+    log.info("notification_accepted", notification_id=notification.id, recipients=len(notification.recipients))
     background.add_task(dispatcher.notify, notification.id)
 
 
@@ -125,17 +133,15 @@ async def create_notification(
     body: NotificationRequest,
     request: Request,
     background: BackgroundTasks,
-    outbox: OutboxDep,
-    dispatcher: DispatcherDep,
-    settings: SettingsDep,
-    idempotency: IdempotencyDep,
-    templates: TemplatesDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    async with idempotency.begin(request, idempotency_key, body) as claim:
+    accepting = Accepting.of(request)
+    async with accepting.idempotency.begin(request, idempotency_key, body) as claim:
         if claim.replay is not None:
             return claim.replay
-        notification = new_notification(render_request(body, templates), settings, request.state.request_id)
+        notification = new_notification(
+            render_request(body, accepting.templates), accepting.settings, request.state.request_id
+        )
         # The answer is fixed before the commit: it is stored with the notification for replays.
         notification.updated_at = notification.next_attempt_at = notification.created_at
         answer = to_status(notification).model_dump_json().encode()
@@ -143,8 +149,8 @@ async def create_notification(
         try:
             await accept(
                 notification,
-                outbox,
-                dispatcher,
+                accepting.outbox,
+                accepting.dispatcher,
                 background,
                 idempotency=claim.record(status.HTTP_202_ACCEPTED, answer, headers),
             )

@@ -188,3 +188,17 @@ async def test_mail_from_a_csv_job_counts_as_accepted_like_any_other(service: Se
     await smtp_sink.wait_for(2)
     await wait_for_metric(service, "notifications_sent_total", 2)
     assert value(await scrape(service), "notifications_accepted_total") == 2
+
+
+async def test_every_request_counts_not_only_the_first_of_its_label_set(service: Service) -> None:
+    for _ in range(3):
+        await service.post(**MAIL)
+    await service.client.get("/v1/notifications/no-such-id")
+    await service.client.get("/v1/notifications/no-such-id")
+
+    samples = await scrape(service)
+    labels = {"method": "POST", "route": "/v1/notifications", "status_class": "2xx"}
+    assert value(samples, "http_requests_total", **labels) == 3
+    assert value(samples, "http_request_duration_seconds_count", **labels) == 3
+    template = "/v1/notifications/{notification_id}"
+    assert value(samples, "http_requests_total", method="GET", route=template, status_class="4xx") == 2

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import structlog
 
-from tests.conftest import MAIL, Service, captured_events
+from tests.conftest import MAIL, Service, captured_events, make_settings, running
 from tests.smtp_sink import SmtpSink
 
 
@@ -338,3 +340,21 @@ async def test_when_every_recipient_is_refused_only_those_refused_for_now_are_tr
     assert smtp_sink.handler.rcpt_asked == ["grey@example.com", "gone@example.com", "grey@example.com"]
     assert sent["attempts"] == 2
     assert [r["address"] for r in sent["refused_recipients"]] == ["gone@example.com"]
+
+
+async def test_message_ids_take_the_domain_of_each_apps_mail_from(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    # The domain is worked out once per MAIL_FROM: an app with another MAIL_FROM must not get the first's.
+    for mail_from, domain in [
+        ("Notifier <notifier@example.com>", "example.com"),
+        ("ops@mail.example.org", "mail.example.org"),
+    ]:
+        async with running(make_settings(tmp_path / domain, smtp_sink.port, MAIL_FROM=mail_from)) as service:
+            body = (await service.post(**MAIL)).json()
+            assert body["message_id"] == f"<{body['id']}@{domain}>"
+
+
+async def test_the_request_id_is_unbound_once_the_request_is_answered(service: Service) -> None:
+    # The transport runs the app in this task's context: a binding left behind would show up here.
+    await service.client.post("/v1/notifications", json=MAIL, headers={"X-Request-ID": "req-leak"})
+
+    assert "request_id" not in structlog.contextvars.get_contextvars()

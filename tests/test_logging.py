@@ -1,0 +1,66 @@
+"""The standard library's records (uvicorn's) render through our chain exactly as structlog's own
+ProcessorFormatter renders them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import structlog
+
+from service.logging import StdlibRecordFormatter, configure_logging
+from tests.conftest import make_settings
+
+
+def records() -> list[logging.LogRecord]:
+    access = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "POST", "/v1", "1.1", 202),
+        None,
+    )
+    try:
+        raise ValueError("broken")
+    except ValueError:
+        failed = logging.LogRecord(
+            "uvicorn.error", logging.ERROR, __file__, 2, "Exception in ASGI application", None, sys.exc_info()
+        )
+    stacked = logging.LogRecord(
+        "asyncio",
+        logging.WARNING,
+        __file__,
+        3,
+        "slow %s",
+        ("callback",),
+        None,
+        sinfo="Stack (most recent call last):\n  here",
+    )
+    return [access, failed, stacked]
+
+
+def without_timestamp(line: str, log_format: str) -> object:
+    if log_format == "json":
+        return [(key, value) for key, value in json.loads(line).items() if key != "timestamp"]
+    return line.split(" ", 1)[1]
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_stdlib_record_renders_as_processor_formatter_renders_it(tmp_path: Path, log_format: str) -> None:
+    configure_logging(make_settings(tmp_path, 25, LOG_FORMAT=log_format))
+    [handler] = logging.getLogger().handlers
+    ours = handler.formatter
+    assert isinstance(ours, StdlibRecordFormatter)
+    theirs = structlog.stdlib.ProcessorFormatter(foreign_pre_chain=ours.foreign_pre_chain, processors=ours.processors)
+
+    for record in records():
+        expected = theirs.format(record)
+        before = dict(record.__dict__)
+        assert without_timestamp(ours.format(record), log_format) == without_timestamp(expected, log_format)
+        # Read, not changed: another handler would see the record as it was.
+        assert record.__dict__ == before
