@@ -279,3 +279,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# What the routes are handed: the dispatcher itself, or the handle of its process (DISPATCHER_PROCESS).
+AnyDispatcher = Dispatcher | DispatcherProcess

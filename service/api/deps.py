@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.config import Settings
-from service.dispatcher import Dispatcher
+from service.dispatcher_process import AnyDispatcher
 from service.idempotency import Idempotency
 from service.mailer import SmtpProbe
 from service.metrics import Metrics
@@ -26,8 +26,8 @@ async def get_outbox(request: Request) -> Outbox:
     return outbox
 
 
-async def get_dispatcher(request: Request) -> Dispatcher:
-    dispatcher: Dispatcher = request.app.state.dispatcher
+async def get_dispatcher(request: Request) -> AnyDispatcher:
+    dispatcher: AnyDispatcher = request.app.state.dispatcher
     return dispatcher
 
 
@@ -48,7 +48,7 @@ async def get_templates(request: Request) -> Templates:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
-DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+DispatcherDep = Annotated[AnyDispatcher, Depends(get_dispatcher)]
 SmtpProbeDep = Annotated[SmtpProbe, Depends(get_smtp_probe)]
 
 
@@ -70,7 +70,7 @@ class Accepting:
 
     settings: Settings
     outbox: Outbox
-    dispatcher: Dispatcher
+    dispatcher: AnyDispatcher
     idempotency: Idempotency
     templates: Templates
 

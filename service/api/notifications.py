@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from service.api.deps import Accepting, DispatcherDep, OutboxDep
 from service.api.templates import render_request
 from service.config import Settings
-from service.dispatcher import Dispatcher
+from service.dispatcher_process import AnyDispatcher
 from service.idempotency import (
     ACCEPTING_RESPONSES,
     REPLAYED_HEADER,
@@ -99,7 +99,7 @@ def new_notification(request: NotificationRequest, settings: Settings, request_i
 async def accept(
     notification: Notification,
     outbox: Outbox,
-    dispatcher: Dispatcher,
+    dispatcher: AnyDispatcher,
     background: BackgroundTasks,
     *,
     idempotency: IdempotencyRecord | None = None,
