@@ -4,6 +4,7 @@ replica's late outcome, a rolling upgrade. Each of these was a bug found in revi
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
@@ -54,6 +55,24 @@ async def test_an_outcome_that_cannot_be_stored_fails_alone_not_the_writes_commi
         assert results[1:] == [None, None]
         assert [(await outbox.get(n.id)).status for n in (first, second, third)] == ["sending", "sent", "queued"]  # type: ignore[union-attr]
     finally:
+        await outbox.close()
+
+
+async def test_a_write_waits_while_another_process_holds_the_lock_then_goes_in(tmp_path: Path) -> None:
+    # The dispatcher's process writes to the same file: the HTTP process' commits wait for its lock, not fail.
+    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    await outbox.open()
+    blocker = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.create_task(outbox.add([added := notification()]))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        blocker.execute("COMMIT")
+        await asyncio.wait_for(waiting, timeout=5)
+        assert await outbox.get(added.id) is not None
+    finally:
+        blocker.close()
         await outbox.close()
 
 

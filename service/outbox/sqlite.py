@@ -62,6 +62,19 @@ _Write = _Insert | _Outcome
 # How long a statement waits for another connection's write lock before it fails.
 BUSY_TIMEOUT_MS = 30_000
 PROBE_BUSY_TIMEOUT_MS = 1_000
+# Between tries while another process (the dispatcher's) holds the write lock. SQLite's own busy handler sleeps
+# 1, 2, 5, 10, 15… ms between tries, so a lock held for a millisecond could cost the HTTP process 30 ms
+# (measured under load: p95 9 ms, max 32 ms to begin a transaction); tried every 0.2 ms, a wait lasts about
+# as long as the lock is held.
+LOCK_RETRY_SECONDS = 0.0002
+
+# Many rows in one INSERT (see insert_notifications): 8 parameters a row, well under SQLite's limit of 32,766.
+_INSERT = (
+    "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
+    " created_at, updated_at, next_attempt_at, job_id) VALUES "
+)
+_INSERT_ROW = "(?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?)"
+_ROWS_PER_INSERT = 500
 
 _COLUMNS = (
     "seq, id, status, content, message_id, request_id, attempts, last_error, smtp_reply, refused,"
@@ -163,6 +176,9 @@ class SqliteOutbox(Outbox):
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        # From here on a locked file fails at once and _call() tries again, every LOCK_RETRY_SECONDS (the
+        # migrations above waited in SQLite's own handler).
+        db.execute("PRAGMA busy_timeout=0")
         self._db = db
 
     async def close(self) -> None:
@@ -192,9 +208,18 @@ class SqliteOutbox(Outbox):
             raise OutboxUnavailable(f"outbox {self.path}: {exc}") from exc
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """`fn(db)`, tried again while another connection holds the lock it needs (up to BUSY_TIMEOUT_MS): a
+        transaction that met the lock was rolled back whole, so the next try starts clean."""
         if self._db is None:
             raise sqlite3.ProgrammingError("the outbox is not open")
-        return fn(self._db, *args)
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return fn(self._db, *args)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+            time.sleep(LOCK_RETRY_SECONDS)
 
     @staticmethod
     def _transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -259,6 +284,7 @@ class SqliteOutbox(Outbox):
                 if isinstance(write, _Outcome):
                     db.execute(write.sql, write.params)
             unsent = self._count_unsent(db) if self.queue_limit is not None else 0
+            accepted: list[Notification] = []
             for number, write in enumerate(writes):
                 if isinstance(write, _Outcome):
                     continue
@@ -269,8 +295,9 @@ class SqliteOutbox(Outbox):
                 if idempotency is not None and not self._insert_idempotency(db, idempotency, now):
                     refusals[number] = IdempotencyKeyTaken(idempotency.key)
                     continue
-                self.insert_notifications(db, notifications)
+                accepted.extend(notifications)
                 unsent += len(notifications)
+            self.insert_notifications(db, accepted)
             return refusals
 
         return self._transaction(db, write_all)
@@ -279,15 +306,26 @@ class SqliteOutbox(Outbox):
     def insert_notifications(
         db: sqlite3.Connection, notifications: Sequence[Notification], *, job_id: str | None = None
     ) -> None:
-        """Insert new notifications (`queued`, due at once) inside the caller's transaction."""
-        db.executemany(
-            "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
-            " created_at, updated_at, next_attempt_at, job_id) VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?)",
-            [
-                (n.id, content_json(n), n.message_id, n.request_id, n.created_at, n.created_at, n.created_at, job_id)
-                for n in notifications
-            ],
-        )
+        """Insert new notifications (`queued`, due at once) inside the caller's transaction.
+
+        One statement for many rows, not executemany(): sqlite3 lets go of the GIL for every step of a
+        statement, and on a busy event loop each row then waited for the GIL to come back (a group of 25
+        requests took 9 ms instead of well under one)."""
+        for start in range(0, len(notifications), _ROWS_PER_INSERT):
+            chunk = notifications[start : start + _ROWS_PER_INSERT]
+            params: list[Any] = []
+            for n in chunk:
+                params += (
+                    n.id,
+                    content_json(n),
+                    n.message_id,
+                    n.request_id,
+                    n.created_at,
+                    n.created_at,
+                    n.created_at,
+                    job_id,
+                )
+            db.execute(_INSERT + ", ".join([_INSERT_ROW] * len(chunk)), params)
 
     @staticmethod
     def _insert_idempotency(db: sqlite3.Connection, record: IdempotencyRecord, now: float) -> bool:
