@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import signal
@@ -249,6 +250,8 @@ async def serve(settings: Settings, stdin_fd: int, events_fd: int) -> None:
         await dispatcher.start()
         os.set_blocking(stdin_fd, False)
         loop.add_reader(stdin_fd, on_wake)
+        gc.collect()
+        gc.freeze()  # as in the HTTP process (service/main.py): what start made is never collected again
         report({"ready": os.getpid()})
         while not stop.is_set():
             report({"metrics": metrics.dispatcher_snapshot()})
