@@ -543,7 +543,10 @@ def chart(results: dict[str, Result], path: Path, info: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     names = [name for name in SYSTEMS if name in results]
-    labels = [LABELS[name].replace(": ", ":\n").replace(" (", "\n(").replace(", ", ",\n") for name in names]
+    labels = [
+        LABELS[name].replace(": ", ":\n").replace(" (", "\n(").replace(", ", ",\n").replace(" + ", "\n+ ")
+        for name in names
+    ]
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(13, 5))
     positions = range(len(names))
     width = 0.38
@@ -560,7 +563,8 @@ def chart(results: dict[str, Result], path: Path, info: dict[str, Any]) -> None:
     latency.set_ylabel("ms")
     latency.set_title("Accept latency p99 (lower is better; — for no HTTP)")
     figure.suptitle(
-        f"one uvicorn worker, {info['cpus']} CPUs, load average {info['load_average'][0]:.1f} before the run"
+        f"one uvicorn worker each (the service's dispatcher in a second process), {info['cpus']} CPUs,"
+        f" load average {info['load_average'][0]:.1f} before the run"
         " — compare the ratios, not the absolute numbers",
         fontsize=10,
     )
