@@ -37,6 +37,9 @@ from service.outbox import Outbox, open_outbox
 log = structlog.get_logger("service.dispatcher")
 
 METRICS_EVERY_SECONDS = 0.5
+# A child that has not reported for this long is stuck (its event loop blocked, the process stopped): not
+# running, as far as /health/ready goes, though it still exists.
+SILENT_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 30.0
 # After the child died on its own: wait this long before the next start, doubling while it keeps dying early.
 RESTART_DELAY_SECONDS = (0.5, 30.0)
@@ -71,6 +74,7 @@ class DispatcherProcess:
         self._supervisor: asyncio.Task[None] | None = None
         self._wake_pending = False
         self._stopping = False
+        self._heard_at = 0.0
         self.pid: int | None = None
 
     async def start(self) -> None:
@@ -114,6 +118,7 @@ class DispatcherProcess:
             raise RuntimeError(f"the dispatcher process did not start (exit status {process.returncode})")
         self._process = process
         self.pid = process.pid
+        self._heard_at = time.monotonic()
         log.info("dispatcher_process_started", pid=process.pid)
         return events
 
@@ -123,6 +128,7 @@ class DispatcherProcess:
         while True:
             started = time.monotonic()
             while line := await events.readline():
+                self._heard_at = time.monotonic()
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     self._serve_snapshot(json.loads(line)["metrics"])
             assert self._process is not None
@@ -149,7 +155,13 @@ class DispatcherProcess:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.returncode is None and not self._stopping
+        """Alive and reporting: its metrics arrive every METRICS_EVERY_SECONDS while its event loop turns."""
+        return (
+            self._process is not None
+            and self._process.returncode is None
+            and not self._stopping
+            and time.monotonic() - self._heard_at < SILENT_SECONDS
+        )
 
     async def notify(self, notification_id: str) -> None:
         """A notification was just accepted (the route's background task): wake the child."""

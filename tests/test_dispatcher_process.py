@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from service import dispatcher_process
 from service.dispatcher import POLL_SECONDS
 from service.outbox import QueueFull
 from service.outbox.sqlite import SqliteOutbox
@@ -118,3 +119,23 @@ async def test_the_queue_limit_sees_mail_sent_by_the_dispatcher_process(tmp_path
     finally:
         await sending.close()
         await accepting.close()
+
+
+async def test_a_stuck_dispatcher_process_turns_readiness_to_warn(
+    tmp_path: Path, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Alive but silent (here: stopped by SIGSTOP; in life, an event loop blocked): nothing is being sent.
+    monkeypatch.setattr(dispatcher_process, "SILENT_SECONDS", 1.5)
+    settings = make_settings(tmp_path, smtp_sink.port, DISPATCHER_PROCESS=True)
+    async with running(settings) as service:
+        child = service.app.state.dispatcher.pid
+        assert (await service.client.get("/health/ready")).json()["checks"]["dispatcher"] == "pass"
+        os.kill(child, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(2.5)
+            stuck = (await service.client.get("/health/ready")).json()
+        finally:
+            os.kill(child, signal.SIGCONT)
+        await wait_until(lambda: service.app.state.dispatcher.running)
+    assert stuck["status"] == "warn"
+    assert stuck["checks"]["dispatcher"] == "fail"
