@@ -33,6 +33,8 @@ EMAIL_COLUMN = "email"
 CSV_ENCODING = "utf-8-sig"
 # How often a job paused by backpressure looks again whether the dispatcher has caught up.
 JOB_PAUSE_SECONDS = 0.25
+# While the store is unreachable, a job tries again after this long, doubling up to the second value.
+JOB_RETRY_SECONDS = (1.0, 30.0)
 
 
 class CsvRejected(Exception):
@@ -168,6 +170,17 @@ class JobRunner:
             self.start(job)
         return len(jobs)
 
+    async def _reload(self, job: Job) -> Job:
+        """The job as the store has it (its progress is what the last committed chunk recorded)."""
+        while True:
+            try:
+                stored = await self.store.get(job.id, errors=0)
+            except OutboxUnavailable as exc:
+                log.error("job_interrupted", error=str(exc), retry_in_seconds=JOB_RETRY_SECONDS[1])
+                await asyncio.sleep(JOB_RETRY_SECONDS[1])
+                continue
+            return stored if stored is not None else job
+
     def start(self, job: Job) -> None:
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
@@ -188,19 +201,26 @@ class JobRunner:
 
     async def _run(self, job: Job) -> None:
         with structlog.contextvars.bound_contextvars(job_id=job.id, request_id=job.request_id):
-            try:
-                reason = await self._process(job)
-            except OutboxUnavailable as exc:
-                # The store is gone: the job stays `running` and resumes at the next start.
-                log.error("job_interrupted", error=str(exc))
-                return
-            except JobTaken:
-                # Another replica runs this job now (this one lost its hold on it): it finishes it, not us.
-                log.warning("job_taken_over", rows_done=job.rows_done)
-                return
-            except Exception as exc:
-                log.exception("job_crashed")
-                reason = f"internal error: {type(exc).__name__}: {exc}"
+            delay = JOB_RETRY_SECONDS[0]
+            while True:
+                try:
+                    reason = await self._process(job)
+                    break
+                except OutboxUnavailable as exc:
+                    # The store is unreachable (a full disk, the database down): what was committed stays;
+                    # the job goes on from its last committed chunk once the store answers again.
+                    log.error("job_interrupted", error=str(exc), retry_in_seconds=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, JOB_RETRY_SECONDS[1])
+                    job = await self._reload(job)
+                except JobTaken:
+                    # Another replica runs this job now (this one lost its hold on it): it finishes it, not us.
+                    log.warning("job_taken_over", rows_done=job.rows_done)
+                    return
+                except Exception as exc:
+                    log.exception("job_crashed")
+                    reason = f"internal error: {type(exc).__name__}: {exc}"
+                    break
             status = DONE if reason is None else JOB_FAILED
             await self.store.finish(job.id, status=status, reason=reason, now=time.time())
             # The upload holds people's data: once every row is in the outbox (or the job failed), it goes.
