@@ -101,21 +101,25 @@ class DispatcherProcess:
             )
         finally:
             os.close(write_fd)
-        loop = asyncio.get_running_loop()
-        events = asyncio.StreamReader(limit=2**20)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb"))
-        assert process.stdin is not None
-        process.stdin.write(settings_payload(self.settings))
         try:
-            async with asyncio.timeout(START_TIMEOUT_SECONDS):
-                line = await events.readline()
-        except TimeoutError:
-            line = b""
-        if not line.startswith(b'{"ready"'):
+            loop = asyncio.get_running_loop()
+            events = asyncio.StreamReader(limit=2**20)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb"))
+            assert process.stdin is not None
+            process.stdin.write(settings_payload(self.settings))
+            try:
+                async with asyncio.timeout(START_TIMEOUT_SECONDS):
+                    line = await events.readline()
+            except TimeoutError:
+                line = b""
+            if not line.startswith(b'{"ready"'):
+                raise RuntimeError("the dispatcher process did not start")
+        except BaseException:
+            # Not ready, or the start was cancelled (a shutdown): no child may be left running unwatched.
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
-            raise RuntimeError(f"the dispatcher process did not start (exit status {process.returncode})")
+            raise
         self._process = process
         self.pid = process.pid
         self._heard_at = time.monotonic()
