@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dispatcher = Dispatcher(outbox, settings, metrics=app_metrics)
         app.state.outbox = outbox
         app.state.dispatcher = dispatcher
+        app_metrics.watch_dispatcher(lambda: dispatcher.running)
         app.state.smtp_probe = SmtpProbe(settings)
         idempotency = Idempotency(outbox, settings.IDEMPOTENCY_TTL_HOURS * 3600)
         app.state.idempotency = idempotency

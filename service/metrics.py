@@ -72,6 +72,12 @@ class Metrics:
             registry=r,
         )
         self.dispatcher_inflight = Gauge("dispatcher_inflight", "Sends in progress in this process.", registry=r)
+        self.dispatcher_running = Gauge(
+            "dispatcher_running",
+            "1 while this replica's dispatcher runs (its process is up and reporting), 0 while it is restarted or"
+            " stuck: mail is accepted but waits.",
+            registry=r,
+        )
         self.smtp_connections_open = Gauge(
             "smtp_connections_open", "SMTP connections this process holds open.", registry=r
         )
@@ -114,6 +120,9 @@ class Metrics:
 
     def count_failed(self, *, permanent: bool) -> None:
         self.notifications_failed.labels(reason="permanent" if permanent else "attempts_exhausted").inc()
+
+    def watch_dispatcher(self, running: Callable[[], bool]) -> None:
+        self.dispatcher_running.set_function(lambda: 1.0 if running() else 0.0)
 
     def watch_inflight(self, read: Callable[[], int]) -> None:
         self.dispatcher_inflight.set_function(read)

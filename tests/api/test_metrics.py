@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MAIL, Service, make_settings, running
@@ -56,6 +57,7 @@ async def test_metrics_are_prometheus_text_with_every_metric(service: Service) -
         "outbox_notifications",
         "outbox_oldest_queued_age_seconds",
         "dispatcher_inflight",
+        "dispatcher_running",
         "smtp_connections_open",
         "http_requests",
         "http_request_duration_seconds",
@@ -202,3 +204,13 @@ async def test_every_request_counts_not_only_the_first_of_its_label_set(service:
     assert value(samples, "http_request_duration_seconds_count", **labels) == 3
     template = "/v1/notifications/{notification_id}"
     assert value(samples, "http_requests_total", method="GET", route=template, status_class="4xx") == 2
+
+
+@pytest.mark.parametrize("own_process", [False, True], ids=["in-process", "own-process"])
+async def test_dispatcher_running_is_1_while_it_runs_and_0_once_it_stops(
+    tmp_path: Path, smtp_sink: SmtpSink, own_process: bool
+) -> None:
+    async with running(make_settings(tmp_path, smtp_sink.port, DISPATCHER_PROCESS=own_process)) as service:
+        assert value(await scrape(service), "dispatcher_running") == 1
+        await service.app.state.dispatcher.stop()
+        assert value(await scrape(service), "dispatcher_running") == 0
