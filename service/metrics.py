@@ -139,9 +139,9 @@ class Metrics:
 
     # -- the dispatcher in a process of its own (service/dispatcher_process.py) --------------------------
 
-    def dispatcher_collectors(self) -> dict[str, Counter | Gauge | Histogram]:
-        """The metrics only the dispatcher moves, by family name."""
-        collectors: list[Counter | Gauge | Histogram] = [
+    def dispatcher_collectors(self) -> list[Counter | Gauge | Histogram]:
+        """The metrics only the dispatcher moves."""
+        return [
             self.notifications_sent,
             self.notifications_failed,
             self.send_attempts,
@@ -149,7 +149,6 @@ class Metrics:
             self.dispatcher_inflight,
             self.smtp_connections_open,
         ]
-        return {family.name: collector for collector in collectors for family in collector.collect()}
 
     def dispatcher_snapshot(self) -> list[dict[str, object]]:
         """The dispatcher's metrics as they are now, as JSON-ready data for the HTTP process to serve."""
@@ -160,7 +159,7 @@ class Metrics:
                 "type": family.type,
                 "samples": [[sample.name, sample.labels, sample.value] for sample in family.samples],
             }
-            for collector in self.dispatcher_collectors().values()
+            for collector in self.dispatcher_collectors()
             for family in collector.collect()
         ]
 
@@ -170,8 +169,8 @@ class Metrics:
         mirror = self._mirror
         if mirror is None:
             own = self.dispatcher_collectors()
-            mirror = self._mirror = _Mirror([family for collector in own.values() for family in collector.collect()])
-            for collector in own.values():
+            mirror = self._mirror = _Mirror([family for collector in own for family in collector.collect()])
+            for collector in own:
                 self.registry.unregister(collector)
             self.registry.register(mirror)
 
