@@ -238,8 +238,12 @@ class SqliteOutbox(Outbox):
         if self._writer is None or self._closing:
             # Nothing would ever write it: say so rather than wait forever.
             raise OutboxUnavailable(f"outbox {self.path}: not open")
+        await self._group_commit((notifications, idempotency))
+
+    async def _group_commit(self, write: _Write) -> None:
+        """Hand `write` to the writer task; return once the transaction holding it has committed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(((notifications, idempotency), future))
+        self._pending.append((write, future))
         self._pending_added.set()
         await future
 
@@ -485,10 +489,7 @@ class SqliteOutbox(Outbox):
         if self._writer is None or self._closing:
             await self._run(lambda db: self._transaction(db, lambda db: db.execute(sql, params)))
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((_Outcome(sql, params), future))
-        self._pending_added.set()
-        await future
+        await self._group_commit(_Outcome(sql, params))
 
     async def mark_sent(
         self,
