@@ -15,8 +15,9 @@ from service import dispatcher_process
 from service.dispatcher import POLL_SECONDS
 from service.outbox import QueueFull
 from service.outbox.sqlite import SqliteOutbox
+from tests.api.test_metrics import scrape, value, wait_for_metric
 from tests.conftest import MAIL, captured_events, make_settings, running
-from tests.e2e.processes import alive
+from tests.e2e.processes import alive, wait_until
 from tests.smtp_sink import SmtpSink
 from tests.test_outbox import notification as make_notification
 
@@ -24,14 +25,6 @@ from tests.test_outbox import notification as make_notification
 def niceness(pid: int) -> int:
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         return int(stat.read().rpartition(")")[2].split()[16])
-
-
-async def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_mail_is_sent_by_another_process_woken_at_once_and_counted_in_metrics(
@@ -51,13 +44,12 @@ async def test_mail_is_sent_by_another_process_woken_at_once_and_counted_in_metr
         assert time.monotonic() - posted < POLL_SECONDS - 1
         assert body["smtp_reply"].startswith("250")
         assert [m.message["Subject"] for m in smtp_sink.received] == ["Hello"]
-        deadline = time.monotonic() + 5
-        while "notifications_sent_total 1.0" not in (text := (await service.client.get("/metrics")).text):
-            assert time.monotonic() < deadline, text
-            await asyncio.sleep(0.1)
-        assert 'notification_send_attempts_total{result="sent"} 1.0' in text
-        assert "smtp_send_duration_seconds_count 1.0" in text
-        assert "notifications_accepted_total 1.0" in text
+        # The child's metrics reach this process' /metrics within a snapshot or two.
+        await wait_for_metric(service, "notifications_sent_total", 1.0, timeout=5)
+        samples = await scrape(service)
+        assert value(samples, "notification_send_attempts_total", result="sent") == 1
+        assert value(samples, "smtp_send_duration_seconds_count") == 1
+        assert value(samples, "notifications_accepted_total") == 1
 
 
 async def test_the_dispatcher_process_gives_way_to_the_http_process(tmp_path: Path, smtp_sink: SmtpSink) -> None:
@@ -75,7 +67,7 @@ async def test_a_dispatcher_process_that_dies_is_replaced_and_mail_still_goes_ou
         first = service.app.state.dispatcher.pid
         with captured_events() as events:
             os.kill(first, signal.SIGKILL)
-            await wait_until(lambda: service.app.state.dispatcher.pid != first)
+            await wait_until(lambda: service.app.state.dispatcher.pid != first, 10, lambda: "not replaced")
         response = await service.post(**MAIL)
         await service.wait_for_status(response.json()["id"], "sent")
         assert alive(service.app.state.dispatcher.pid)
@@ -91,7 +83,7 @@ async def test_stopping_the_app_lets_the_dispatcher_process_finish_in_flight_sen
     async with running(settings) as service:
         child = service.app.state.dispatcher.pid
         ids = [(await service.post(**MAIL)).json()["id"] for _ in range(2)]
-        await wait_until(lambda: bool(smtp_sink.handler.rcpt_asked))
+        await wait_until(lambda: bool(smtp_sink.handler.rcpt_asked), 10, lambda: "no send began")
     # The lifespan returned: the child has exited, after the sends it had begun.
     assert not alive(child)
     async with running(make_settings(tmp_path, smtp_sink.port)) as service:
@@ -136,6 +128,6 @@ async def test_a_stuck_dispatcher_process_turns_readiness_to_warn(
             stuck = (await service.client.get("/health/ready")).json()
         finally:
             os.kill(child, signal.SIGCONT)
-        await wait_until(lambda: service.app.state.dispatcher.running)
+        await wait_until(lambda: service.app.state.dispatcher.running, 10, lambda: "still silent")
     assert stuck["status"] == "warn"
     assert stuck["checks"]["dispatcher"] == "fail"
