@@ -170,17 +170,6 @@ class JobRunner:
             self.start(job)
         return len(jobs)
 
-    async def _reload(self, job: Job) -> Job:
-        """The job as the store has it (its progress is what the last committed chunk recorded)."""
-        while True:
-            try:
-                stored = await self.store.get(job.id, errors=0)
-            except OutboxUnavailable as exc:
-                log.error("job_interrupted", error=str(exc), retry_in_seconds=JOB_RETRY_SECONDS[1])
-                await asyncio.sleep(JOB_RETRY_SECONDS[1])
-                continue
-            return stored if stored is not None else job
-
     def start(self, job: Job) -> None:
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
@@ -201,9 +190,12 @@ class JobRunner:
 
     async def _run(self, job: Job) -> None:
         with structlog.contextvars.bound_contextvars(job_id=job.id, request_id=job.request_id):
-            delay = JOB_RETRY_SECONDS[0]
+            delay, interrupted = JOB_RETRY_SECONDS[0], False
             while True:
                 try:
+                    if interrupted:
+                        # Its progress as the last committed chunk recorded it.
+                        job = await self.store.get(job.id, errors=0) or job
                     reason = await self._process(job)
                     break
                 except OutboxUnavailable as exc:
@@ -211,8 +203,7 @@ class JobRunner:
                     # the job goes on from its last committed chunk once the store answers again.
                     log.error("job_interrupted", error=str(exc), retry_in_seconds=delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, JOB_RETRY_SECONDS[1])
-                    job = await self._reload(job)
+                    delay, interrupted = min(delay * 2, JOB_RETRY_SECONDS[1]), True
                 except JobTaken:
                     # Another replica runs this job now (this one lost its hold on it): it finishes it, not us.
                     log.warning("job_taken_over", rows_done=job.rows_done)
