@@ -162,3 +162,25 @@ async def test_a_sqlite_outbox_is_owned_by_one_process_at_a_time(tmp_path: Path)
     third = SqliteOutbox(tmp_path / "outbox.sqlite3")
     await third.open()
     await third.close()
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = fd.readlink()
+        except OSError:
+            continue
+        if str(target).startswith(str(folder)):
+            found.append(str(target))
+    return found
+
+
+async def test_an_outbox_that_fails_to_open_leaves_nothing_open(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"this is not a SQLite database, it is a text file that happens to be here" * 100)
+    outbox = SqliteOutbox(path)
+    with pytest.raises(OutboxUnavailable, match="not a database"):
+        await outbox.open()
+    # Neither the database file nor its lock: a supervisor that retries the start leaks nothing per try.
+    assert _open_files_under(tmp_path) == []

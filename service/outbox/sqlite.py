@@ -160,6 +160,15 @@ class SqliteOutbox(Outbox):
             self._lock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly what we say.
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            self._prepare(db)
+        except BaseException:
+            # Not a database, a migration that failed, a disk that is full: nothing stays open behind the error.
+            db.close()
+            raise
+        self._db = db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -179,7 +188,6 @@ class SqliteOutbox(Outbox):
         # From here on a locked file fails at once and _call() tries again, every LOCK_RETRY_SECONDS (the
         # migrations above waited in SQLite's own handler).
         db.execute("PRAGMA busy_timeout=0")
-        self._db = db
 
     async def close(self) -> None:
         if self._writer is not None:
