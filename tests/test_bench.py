@@ -58,6 +58,16 @@ def test_the_benchmark_runs_every_system_and_the_service_loses_nothing(tmp_path:
             assert results[system]["accept_cpu_ms"] > 0
     ratios = {ratio["name"]: ratio for ratio in report["ratios"]}
     assert len(ratios["accepted req/s, service ÷ tutorial"]["values"]) == 2
+    # A saved run prints the same table again without running anything.
+    again = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--from-json", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == completed.stdout.split("\nresults:")[0].strip()
 
 
 def test_the_in_process_accept_cost_runs_for_every_system() -> None:
