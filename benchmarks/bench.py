@@ -190,8 +190,14 @@ def uvicorn(app: str, env: dict[str, str], log_path: Path) -> Iterator[tuple[str
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=ROOT,
-            env={**os.environ, **env},
+            # In the run's own folder: the service's Settings would read a developer's `.env` in the checkout.
+            cwd=log_path.parent,
+            env={
+                **os.environ,
+                "TEMPLATES_DIR": str(ROOT / "config" / "templates"),
+                **env,
+                "PYTHONPATH": str(ROOT),
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -51,6 +51,13 @@ def service_env(outbox_path: Path, smtp_port: int, **overrides: Any) -> dict[str
     return {**inherited, **{name: str(value) for name, value in values.items()}}
 
 
+def outside_the_checkout(env: dict[str, str]) -> dict[str, str]:
+    """For a service process started in a folder of the test's own rather than in the checkout: Settings reads
+    a `.env` from the working directory, and a developer's own (API_KEYS, OUTBOX_URL) would change what the
+    tests see. The code is found through PYTHONPATH, the templates by their full path."""
+    return {"TEMPLATES_DIR": str(ROOT / "config" / "templates"), **env, "PYTHONPATH": str(ROOT)}
+
+
 def children_of(pid: int) -> list[int]:
     """A process' children: a service's dispatcher runs in one (DISPATCHER_PROCESS, the default)."""
     found = []
@@ -113,13 +120,13 @@ class ServiceProcess:
 
 
 async def start_service(env: dict[str, str], log_path: Path, *, timeout: float = 30) -> ServiceProcess:
-    """uvicorn in a subprocess on a free port; returns once /health/live answers."""
+    """uvicorn in a subprocess on a free port, in the log's folder; returns once /health/live answers."""
     port = free_port()
     log_file = log_path.open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
+        cwd=log_path.parent,
+        env=outside_the_checkout(env),
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )

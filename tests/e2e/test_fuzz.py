@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,9 +23,9 @@ from schemathesis.specs.openapi.checks import (
 
 from service.config import Settings
 from service.main import create_app
+from tests.e2e.processes import outside_the_checkout
 from tests.smtp_sink import SmtpSink, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "fuzz-key-0123456789abcdef"
 CHECKS = [
     not_a_server_error,
@@ -41,11 +40,12 @@ CHECKS = [
 def fuzzed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     sink = SmtpSink().start()
     port = free_port()
+    workdir = tmp_path_factory.mktemp("fuzz")
     env = {
         **os.environ,
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(sink.port),
-        "OUTBOX_PATH": str(tmp_path_factory.mktemp("fuzz") / "outbox.sqlite3"),
+        "OUTBOX_PATH": str(workdir / "outbox.sqlite3"),
         "API_KEYS": API_KEY,
         # Small limits, so that fuzzing reaches 413 and 429 too.
         "MAX_BODY_BYTES": "4096",
@@ -55,8 +55,8 @@ def fuzzed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
+        cwd=workdir,
+        env=outside_the_checkout(env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

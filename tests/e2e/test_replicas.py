@@ -20,11 +20,10 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.e2e.processes import children_of
+from tests.e2e.processes import children_of, outside_the_checkout
 from tests.postgres import latest_migration
 from tests.smtp_sink import SmtpSink, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 SEND_CONCURRENCY = 4
 
 
@@ -61,8 +60,8 @@ def replicas(count: int, tmp_path: Path, postgres_url: str, smtp_port: int, **en
             with log_path.open("wb") as log_file:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
-                    cwd=ROOT,
-                    env=process_env,
+                    cwd=tmp_path,
+                    env=outside_the_checkout(process_env),
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                 )

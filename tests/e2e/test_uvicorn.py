@@ -47,3 +47,14 @@ async def test_a_mail_posted_over_http_arrives_and_the_process_stops_cleanly_on_
     assert any(e.get("logger", "").startswith("uvicorn") for e in events)
     sent = next(e for e in events if e["event"] == "notification_sent")
     assert sent["request_id"] == "e2e-1"
+
+
+async def test_the_service_runs_outside_the_checkout_so_a_developers_env_file_is_not_read(
+    uvicorn_service: ServiceProcess, tmp_path: Path
+) -> None:
+    # Settings reads `.env` from the working directory: one in the checkout (API_KEYS, OUTBOX_URL) would
+    # change what every end-to-end test sees on a developer's machine and never in CI.
+    assert Path(f"/proc/{uvicorn_service.process.pid}/cwd").resolve() == tmp_path.resolve()
+    async with httpx.AsyncClient(base_url=uvicorn_service.base_url) as client:
+        templates = (await client.get("/v1/templates")).json()
+    assert templates, "the templates are found from there too"
