@@ -314,23 +314,23 @@ def load(system: str, process: subprocess.Popen[bytes], url: str, args: argparse
     return result
 
 
-def bench_bare(sink: Sink, workdir: Path, args: argparse.Namespace) -> Result:
-    with uvicorn("benchmarks.bare_app:app", {}, workdir / "bare.log") as (url, process):
+def bench_no_mail(system: str, app: str, env: dict[str, str], workdir: Path, args: argparse.Namespace) -> Result:
+    """The bare endpoint and the floor: they owe no mail, so there is nothing to wait for after the load."""
+    with uvicorn(app, env, workdir / f"{system}.log") as (url, process):
         cpu = cpu_seconds(process.pid)
-        result = load("bare", process, url, args)
+        result = load(system, process, url, args)
         result.peak_rss_mb = read_status(process.pid, "VmHWM")
         result.cpu_ms_per_mail = per_mail(cpu_seconds(process.pid) - cpu, result.accepted)
     return result
+
+
+def bench_bare(sink: Sink, workdir: Path, args: argparse.Namespace) -> Result:
+    return bench_no_mail("bare", "benchmarks.bare_app:app", {}, workdir, args)
 
 
 def bench_durable(sink: Sink, workdir: Path, args: argparse.Namespace) -> Result:
-    env = {"OUTBOX_PATH": str(workdir / f"durable-outbox-{uuid.uuid4().hex[:8]}.sqlite3")}
-    with uvicorn("benchmarks.durable_app:app", env, workdir / "durable.log") as (url, process):
-        cpu = cpu_seconds(process.pid)
-        result = load("durable", process, url, args)
-        result.peak_rss_mb = read_status(process.pid, "VmHWM")
-        result.cpu_ms_per_mail = per_mail(cpu_seconds(process.pid) - cpu, result.accepted)
-    return result
+    outbox = workdir / f"durable-outbox-{uuid.uuid4().hex[:8]}.sqlite3"
+    return bench_no_mail("durable", "benchmarks.durable_app:app", {"OUTBOX_PATH": str(outbox)}, workdir, args)
 
 
 def bench_tutorial(sink: Sink, workdir: Path, args: argparse.Namespace) -> Result:
