@@ -50,7 +50,7 @@ smoke: install ## post a notification to the running stack and find it in MailHo
 	$(RUN) pytest -m compose -s tests/compose
 
 .PHONY: bench bench-burst bench-replicas
-bench: uv ## measure the service beside a bare endpoint, the tutorial's way, aiosmtplib alone (wrk if installed)
+bench: uv ## the service beside a bare endpoint, the floor (bare + outbox commit), the tutorial's way, aiosmtplib alone; 3 rounds (wrk if installed)
 	$(UV) sync --locked --group bench --python $(PYTHON)
 	$(RUN) python -m benchmarks.bench --chart docs/bench.png
 
