@@ -301,20 +301,31 @@ class _Mail:
     utf8: bool
 
 
+class _Smtp(aiosmtplib.SMTP):
+    """aiosmtplib's client, noting when a mail's DATA begins: from then on the server may have the mail, and a
+    connection that drops is no longer just a stale one."""
+
+    data_began = False
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.data_began = True
+        return await super().data(message, **kwargs)
+
+
 class SmtpConnection:
     """One SMTP session kept open across messages; reconnects when the server has dropped it."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._smtp: _Smtp | None = None
 
     @property
     def is_open(self) -> bool:
         return self._smtp is not None and self._smtp.is_connected
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> _Smtp:
         s = self.settings
-        smtp = aiosmtplib.SMTP(
+        smtp = _Smtp(
             hostname=s.SMTP_HOST,
             port=s.SMTP_PORT,
             use_tls=s.SMTP_TLS,
@@ -375,10 +386,19 @@ class SmtpConnection:
         try:
             errors, reply = await self._send_mail(self._smtp, mail)
         except aiosmtplib.SMTPServerDisconnected as exc:
+            data_began = self._smtp.data_began
             self.close()
+            if data_began:
+                # The server may have taken the mail before the line went: sending it again at once would make
+                # a duplicate nobody sees. As a counted attempt, with backoff, it shows in attempts and here.
+                raise DeliveryFailed(
+                    server_text(f"connection lost after DATA began, so the server may have the mail: {exc}"),
+                    transient=True,
+                ) from exc
             if not reused:
                 raise classify(exc) from exc
-            # The server closed a kept-open connection (idle timeout): one fresh try, not an attempt.
+            # The server had closed a kept-open connection (idle timeout) before this mail's content went out:
+            # one fresh try, not an attempt.
             self._smtp = await self._connect()
             try:
                 errors, reply = await self._send_mail(self._smtp, mail)
@@ -390,8 +410,9 @@ class SmtpConnection:
             raise classify(exc) from exc
         return Delivery(smtp_reply=server_text(f"250 {reply}"), refused=_refused(errors))
 
-    async def _send_mail(self, smtp: aiosmtplib.SMTP, mail: _Mail) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+    async def _send_mail(self, smtp: _Smtp, mail: _Mail) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         """sendmail with the MAIL options send_message would have chosen for this server, in its order."""
+        smtp.data_began = False
         await smtp._ehlo_or_helo_if_needed()  # what send_message does first: the extensions come from EHLO
         options = []
         if mail.utf8:

@@ -1,7 +1,7 @@
 """A real SMTP server for tests: aiosmtpd in its own thread, recording every mail it takes.
 
 Fault cases are scripted on the handler: replies to hand out for the next DATA commands, recipients to
-refuse, a stall before answering, connections to drop.
+refuse, a stall before answering, connections to drop (at MAIL FROM or at DATA).
 """
 
 from __future__ import annotations
@@ -52,7 +52,21 @@ class RecordingHandler:
         self.stall_seconds = 0.0
         self.delay_seconds = 0.0
         self.drop_next_data = 0
+        # Hang up at the next MAIL FROM, before anything of the mail is sent: like a server that closed an idle
+        # connection a moment before the client used it again.
+        self.drop_next_mail = 0
         self._lock = threading.Lock()
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        with self._lock:
+            drop = self.drop_next_mail > 0
+            self.drop_next_mail -= drop
+        if drop:
+            server.transport.close()
+            return "421 closing"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         self.rcpt_asked.append(address)

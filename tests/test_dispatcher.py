@@ -69,12 +69,32 @@ async def test_a_dropped_kept_open_connection_is_reopened_without_costing_an_att
     async with running(make_settings(tmp_path, smtp_sink.port, SEND_CONCURRENCY=1)) as service:
         first = (await service.post(**MAIL)).json()["id"]
         await service.wait_for_status(first, "sent")
-        smtp_sink.handler.drop_next_data = 1
+        # Gone before anything of the next mail was sent: a stale connection, not a failed delivery.
+        smtp_sink.handler.drop_next_mail = 1
 
         second = (await service.post(**MAIL)).json()["id"]
         sent = await service.wait_for_status(second, "sent")
 
     assert sent["attempts"] == 1
+    assert sent["last_error"] is None
+    assert len(smtp_sink.received) == 2
+
+
+async def test_a_kept_open_connection_dropped_after_data_began_costs_an_attempt_and_says_so(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    async with running(make_settings(tmp_path, smtp_sink.port, SEND_CONCURRENCY=1)) as service:
+        first = (await service.post(**MAIL)).json()["id"]
+        await service.wait_for_status(first, "sent")
+        # Gone once the mail's content was on its way: the server may have it, so sending it again at once
+        # would be a duplicate nobody sees. It is retried as a counted attempt instead.
+        smtp_sink.handler.drop_next_data = 1
+
+        second = (await service.post(**MAIL)).json()["id"]
+        sent = await service.wait_for_status(second, "sent")
+
+    assert sent["attempts"] == 2
+    assert "the server may have the mail" in sent["last_error"]
     assert len(smtp_sink.received) == 2
 
 
