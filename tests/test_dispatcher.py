@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from service.config import Settings
 from service.dispatcher import retry_delay
@@ -63,17 +64,22 @@ async def test_mail_waits_while_the_server_is_down_and_goes_once_it_is_back(
             sink.stop()
 
 
-async def test_a_dropped_kept_open_connection_is_reopened_without_costing_an_attempt(
-    tmp_path: Path, smtp_sink: SmtpSink
-) -> None:
+async def second_mail_after_a_drop(tmp_path: Path, smtp_sink: SmtpSink, *, drop: str) -> dict[str, Any]:
+    """Send one mail, so that the worker keeps its connection open; have the server hang up on the next mail
+    at `drop` (a RecordingHandler counter); return that next mail's final status."""
     async with running(make_settings(tmp_path, smtp_sink.port, SEND_CONCURRENCY=1)) as service:
         first = (await service.post(**MAIL)).json()["id"]
         await service.wait_for_status(first, "sent")
-        # Gone before anything of the next mail was sent: a stale connection, not a failed delivery.
-        smtp_sink.handler.drop_next_mail = 1
-
+        setattr(smtp_sink.handler, drop, 1)
         second = (await service.post(**MAIL)).json()["id"]
-        sent = await service.wait_for_status(second, "sent")
+        return await service.wait_for_status(second, "sent")
+
+
+async def test_a_dropped_kept_open_connection_is_reopened_without_costing_an_attempt(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    # Gone before anything of the mail was sent: a stale connection, not a failed delivery.
+    sent = await second_mail_after_a_drop(tmp_path, smtp_sink, drop="drop_next_mail")
 
     assert sent["attempts"] == 1
     assert sent["last_error"] is None
@@ -83,15 +89,9 @@ async def test_a_dropped_kept_open_connection_is_reopened_without_costing_an_att
 async def test_a_kept_open_connection_dropped_after_data_began_costs_an_attempt_and_says_so(
     tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
-    async with running(make_settings(tmp_path, smtp_sink.port, SEND_CONCURRENCY=1)) as service:
-        first = (await service.post(**MAIL)).json()["id"]
-        await service.wait_for_status(first, "sent")
-        # Gone once the mail's content was on its way: the server may have it, so sending it again at once
-        # would be a duplicate nobody sees. It is retried as a counted attempt instead.
-        smtp_sink.handler.drop_next_data = 1
-
-        second = (await service.post(**MAIL)).json()["id"]
-        sent = await service.wait_for_status(second, "sent")
+    # Gone once the mail's content was on its way: the server may have it, so sending it again at once would
+    # be a duplicate nobody sees. It is retried as a counted attempt instead.
+    sent = await second_mail_after_a_drop(tmp_path, smtp_sink, drop="drop_next_data")
 
     assert sent["attempts"] == 2
     assert "the server may have the mail" in sent["last_error"]
