@@ -35,7 +35,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -575,38 +575,35 @@ def combine(rounds: list[dict[str, Result]]) -> dict[str, Result]:
         if not runs:
             continue
 
-        def median(metric: str, runs: list[Result] = runs) -> float | None:
+        def over(metric: str, fold: Callable[[list[Any]], Any], runs: list[Result] = runs) -> Any:
             values = [v for r in runs if (v := getattr(r, metric)) is not None]
-            return statistics.median(values) if values else None
+            return fold(values) if values else None
 
-        lost = [r.lost for r in runs if r.lost is not None]
-        rss = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
-        accepted = [r.accepted for r in runs if r.accepted is not None]
-        delivered = [r.delivered for r in runs if r.delivered is not None]
         combined[name] = Result(
             system=name,
-            accepted=sum(accepted) if accepted else None,
-            accepted_per_s=median("accepted_per_s"),
-            p50_ms=median("p50_ms"),
-            p99_ms=median("p99_ms"),
-            delivered=sum(delivered) if delivered else None,
-            delivered_per_s=median("delivered_per_s"),
-            peak_rss_mb=max(rss) if rss else None,
-            lost=sum(lost) if lost else None,
-            cpu_ms_per_mail=median("cpu_ms_per_mail"),
-            accept_cpu_ms=median("accept_cpu_ms"),
+            accepted=over("accepted", sum),
+            accepted_per_s=over("accepted_per_s", statistics.median),
+            p50_ms=over("p50_ms", statistics.median),
+            p99_ms=over("p99_ms", statistics.median),
+            delivered=over("delivered", sum),
+            delivered_per_s=over("delivered_per_s", statistics.median),
+            peak_rss_mb=over("peak_rss_mb", max),
+            lost=over("lost", sum),
+            cpu_ms_per_mail=over("cpu_ms_per_mail", statistics.median),
+            accept_cpu_ms=over("accept_cpu_ms", statistics.median),
             extra={"rounds": len(runs)},
         )
     return combined
 
 
-def table(rounds: list[dict[str, Result]], args: argparse.Namespace, info: dict[str, Any]) -> str:
-    results = combine(rounds)
+def table(
+    results: dict[str, Result], rows: list[dict[str, Any]], rounds: int, args: argparse.Namespace, info: dict[str, Any]
+) -> str:
     lines = [
         f"{info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, load average before: "
         + " ".join(f"{x:.2f}" for x in info["load_average"]),
         f"load: {args.loadgen}, {args.connections} connections, {args.duration:g} s per HTTP system;"
-        f" aiosmtplib alone: {args.alone_count} mails; {len(rounds)} round(s), the systems in turn in each;"
+        f" aiosmtplib alone: {args.alone_count} mails; {rounds} round(s), the systems in turn in each;"
         " medians over the rounds (the highest peak RSS, every lost mail)",
         "",
         f"| {'system':<42} | accepted req/s | p50 ms | p99 ms | delivered mails/s | peak RSS MB | lost | CPU ms/mail |"
@@ -624,7 +621,7 @@ def table(rounds: list[dict[str, Result]], args: argparse.Namespace, info: dict[
         )
     lines.append("")
     lines.append(f"  {'ratio, within each round':<48} {'median':>6}  {'rounds':<17}  target")
-    for row in ratios(rounds):
+    for row in rows:
         verdict = "" if row["met"] is None else ("met" if row["met"] else "MISSED")
         spread = " ".join(_fmt(v, 2) for v in row["values"]) or "—"
         lines.append(f"  {row['name']:<48} {_fmt(row['value'], 2):>6}  {spread:<17}  {row['target']}  {verdict}")
@@ -665,6 +662,7 @@ def chart(results: dict[str, Result], path: Path, info: dict[str, Any], rounds: 
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
+    print(f"chart: {path}")
 
 
 def save(report: dict[str, Any], out: Path, kind: str) -> Path:
@@ -699,8 +697,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Result]:
                 rounds.append(results)
     finally:
         sink.stop()
-    print(table(rounds, args, info))
-    combined = combine(rounds)
+    combined, rows = show(rounds, args, info)
     report = {
         "kind": "side_by_side",
         "machine": info,
@@ -708,23 +705,30 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Result]:
         "settings": {k: v for k, v in vars(args).items() if k not in ("chart", "out")},
         "results": {name: asdict(r) for name, r in combined.items()},
         "rounds": [{name: asdict(r) for name, r in results.items()} for results in rounds],
-        "ratios": ratios(rounds),
+        "ratios": rows,
     }
     print(f"\nresults: {save(report, args.out, 'bench')}")
     if args.chart:
         chart(combined, args.chart, info, len(rounds))
-        print(f"chart: {args.chart}")
     return combined
+
+
+def show(
+    rounds: list[dict[str, Result]], args: argparse.Namespace, info: dict[str, Any]
+) -> tuple[dict[str, Result], list[dict[str, Any]]]:
+    """Print the table of these rounds; the medians and the ratios are computed once, here."""
+    combined, rows = combine(rounds), ratios(rounds)
+    print(table(combined, rows, len(rounds), args, info))
+    return combined, rows
 
 
 def redraw(path: Path, chart_path: Path | None) -> None:
     """The table (and the chart) of a saved run again, without running anything."""
     report = json.loads(path.read_text())
     rounds = [{name: Result(**r) for name, r in results.items()} for results in report["rounds"]]
-    print(table(rounds, argparse.Namespace(**report["settings"]), report["machine"]))
+    combined, _ = show(rounds, argparse.Namespace(**report["settings"]), report["machine"])
     if chart_path:
-        chart(combine(rounds), chart_path, report["machine"], len(rounds))
-        print(f"chart: {chart_path}")
+        chart(combined, chart_path, report["machine"], len(rounds))
 
 
 def burst(args: argparse.Namespace) -> Result:
