@@ -13,7 +13,7 @@ import gc
 
 from fastapi import FastAPI, Response, status
 
-from service.schemas import NotificationRequest
+from service.intake.request import NotificationRequest
 
 app = FastAPI()
 

@@ -17,9 +17,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response, status
 
+from service.intake.request import NotificationRequest
 from service.outbox import Notification
 from service.outbox.sqlite import SqliteOutbox
-from service.schemas import NotificationRequest
 
 outbox = SqliteOutbox(os.environ.get("OUTBOX_PATH") or os.path.join(tempfile.gettempdir(), "durable-floor.sqlite3"))
 

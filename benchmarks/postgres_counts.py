@@ -14,8 +14,8 @@ import sys
 import time
 
 from service.outbox.postgres import PostgresOutbox
+from tests.outbox.test_notifications import notification
 from tests.postgres import temporary_database
-from tests.test_outbox import notification
 
 ONE_ROW = """
 CREATE OR REPLACE FUNCTION notification_counts_add(changes jsonb) RETURNS void LANGUAGE plpgsql AS $$

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 
 from fastapi import BackgroundTasks, FastAPI, Response, status
 
-from service.schemas import NotificationRequest
+from service.intake.request import NotificationRequest
 
 SMTP_HOST = os.environ.get("SMTP_HOST", "127.0.0.1")
 SMTP_PORT = int(os.environ.get("SMTP_PORT", "1025"))

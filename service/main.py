@@ -16,20 +16,21 @@ import structlog
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from service.api import batch, errors, health, jobs, metrics, notifications, stats, templates, tutorial
-from service.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.config import Settings, load_settings
-from service.dispatcher import Dispatcher
-from service.dispatcher_process import AnyDispatcher, DispatcherProcess
-from service.idempotency import Idempotency
-from service.jobs import JobRunner
-from service.limits import LIMIT_RESPONSES, BodyLimitMiddleware, queue_full_handler
+from service.delivery.dispatcher import Dispatcher
+from service.delivery.probe import SmtpProbe
+from service.delivery.process import AnyDispatcher, DispatcherProcess
+from service.http import errors
+from service.http.auth import UNAUTHORIZED_RESPONSE, require_api_key
+from service.http.idempotency import Idempotency
+from service.http.limits import LIMIT_RESPONSES, BodyLimitMiddleware, queue_full_handler
+from service.http.routes import batch, health, jobs, metrics, notifications, stats, templates, tutorial
+from service.intake.csv_jobs import JobRunner
+from service.intake.templates import load_templates_or_exit
 from service.logging import RequestIdMiddleware, configure_logging
-from service.mailer import SmtpProbe
 from service.metrics import HttpMetricsMiddleware, Metrics
 from service.outbox import QueueFull, describe_outbox, open_outbox
 from service.outbox.jobs import open_job_store
-from service.templates import load_templates_or_exit
 
 log = structlog.get_logger("service")
 

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.outbox import STATUSES
 
 if TYPE_CHECKING:
-    from service.mailer import DeliveryFailed
+    from service.delivery.classify import DeliveryFailed
     from service.outbox import QueueGauges
 
 # One SMTP transaction is milliseconds on a LAN and seconds through a busy relay; SEND_TIMEOUT_SECONDS
@@ -137,7 +137,7 @@ class Metrics:
 
         return make
 
-    # -- the dispatcher in a process of its own (service/dispatcher_process.py) --------------------------
+    # -- the dispatcher in a process of its own (service/delivery/process.py) --------------------------
 
     def dispatcher_collectors(self) -> list[Counter | Gauge | Histogram]:
         """The metrics only the dispatcher moves."""

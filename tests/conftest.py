@@ -47,7 +47,7 @@ def make_settings(tmp_path: Path, smtp_port: int, **overrides: Any) -> Settings:
         "MAIL_FROM": "Notifier <notifier@example.com>",
         "LOG_FORMAT": "console",
         # One process, so that tests can watch the dispatcher (its logs, its metrics) from the inside;
-        # tests/test_dispatcher_process.py and the end-to-end tests run it in a process of its own.
+        # tests/delivery/test_process.py and the end-to-end tests run it in a process of its own.
         "DISPATCHER_PROCESS": False,
     }
     values.update(overrides)

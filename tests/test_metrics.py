@@ -11,7 +11,7 @@ from fastapi import BackgroundTasks
 
 from service.config import Settings
 from service.main import create_app
-from tests.api.test_metrics import parse, value
+from tests.http.test_metrics import parse, value
 
 
 async def test_request_latency_excludes_background_work(settings: Settings) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.api.test_metrics import scrape
 from tests.conftest import MAIL, Service
+from tests.http.test_metrics import scrape
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 OUR_METRIC = re.compile(r"\b(?:notifications?|outbox|smtp|dispatcher|http)_[a-z0-9_]+\b")

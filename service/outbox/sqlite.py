@@ -6,7 +6,7 @@ transaction, and each caller is answered only after the transaction holding its 
 
 The queue limit is checked inside each insert transaction against the counts the triggers keep (migration
 0003): two rows read per group commit, exact whichever process sent the mail (the dispatcher may run in a
-process of its own, service/dispatcher_process.py).
+process of its own, service/delivery/process.py).
 """
 
 from __future__ import annotations

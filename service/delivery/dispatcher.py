@@ -1,0 +1,347 @@
+"""The dispatcher: claims due notifications from the outbox and sends them with SEND_CONCURRENCY workers.
+
+One claimer task takes due notifications from the outbox in batches into a small in-memory queue; each
+worker keeps one SMTP connection open and sends what it takes from that queue. The queue holds at most
+SEND_CONCURRENCY notifications, so a crash can only ever repeat the sends that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from service.config import Settings
+from service.delivery.classify import DeliveryFailed
+from service.delivery.smtp import SmtpConnection
+from service.metrics import Metrics
+from service.outbox import Notification, Outbox, OutboxUnavailable
+
+log = structlog.get_logger("service.delivery.dispatcher")
+
+# The slow safety-net poll: normally the claimer is woken by new notifications or sleeps until the next
+# retry is due; this only bounds how long it can miss a row written by someone else.
+POLL_SECONDS = 5.0
+
+
+def retry_delay(attempts: int, settings: Settings) -> float:
+    """Exponential backoff with jitter: base·2^(n-1), capped, then a random point in its upper half."""
+    ceiling: float = min(settings.RETRY_MAX_SECONDS, settings.RETRY_BASE_SECONDS * 2 ** (attempts - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def refused_for_good(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recipients a server refused with 5xx: asking again cannot help."""
+    return [r for r in refused if r["code"] >= 500]
+
+
+def refused_for_now(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recipients a server refused with 4xx (greylisting, a full mailbox): worth asking again later."""
+    return [r for r in refused if 400 <= r["code"] < 500]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        outbox: Outbox,
+        settings: Settings,
+        *,
+        connection_factory: Callable[[Settings], SmtpConnection] = SmtpConnection,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.connection_factory = self.metrics.track_connections(connection_factory)
+        self.inflight = 0
+        self.metrics.watch_inflight(lambda: self.inflight)
+        self._ready: asyncio.Queue[Notification | None] = asyncio.Queue(maxsize=settings.SEND_CONCURRENCY)
+        self._wake = asyncio.Event()
+        self._claimer: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        recovered = await self.outbox.recover()
+        if recovered:
+            log.warning("notifications_recovered", count=recovered, reason="left sending by a previous process")
+        # Another replica's insert (shared outbox) wakes the claimer like one of ours does.
+        self.outbox.subscribe(self._wake.set)
+        self._workers = [
+            asyncio.create_task(self._work_forever(), name=f"dispatcher-worker-{number}")
+            for number in range(self.settings.SEND_CONCURRENCY)
+        ]
+        self._claimer = asyncio.create_task(self._claim_forever(), name="dispatcher-claimer")
+        log.info("dispatcher_started", workers=self.settings.SEND_CONCURRENCY)
+
+    @property
+    def running(self) -> bool:
+        return self._claimer is not None and not self._claimer.done()
+
+    async def notify(self, notification_id: str) -> None:
+        """A notification was just accepted: wake the claimer. The route's background task; async so that
+        Starlette runs it on the event loop instead of handing it to its thread pool."""
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the claimer: there may be due work (for callers on the event loop that aren't tasks)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming, give back what no worker started, let in-flight sends finish within the grace."""
+        self._stopping = True
+        if self._claimer is not None:
+            # Not cancelled: a claim cancelled mid-way would still commit in the outbox's thread, and the rows
+            # it took would be stranded in `sending`. Woken instead, the claimer finishes its claim and returns.
+            self._wake.set()
+            await self._claimer
+        unstarted = []
+        while not self._ready.empty():
+            notification = self._ready.get_nowait()
+            if notification is not None:
+                unstarted.append(notification.id)
+        if unstarted:
+            with contextlib.suppress(OutboxUnavailable):
+                await self.outbox.release(unstarted)
+        for _ in self._workers:
+            self._ready.put_nowait(None)
+        if self._workers:
+            _done, pending = await asyncio.wait(self._workers, timeout=self.settings.SHUTDOWN_GRACE_SECONDS)
+            # Sends, not workers: with no grace at all, idle workers are still pending too.
+            interrupted = self.inflight
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if interrupted:
+                log.warning("dispatcher_sends_interrupted", count=interrupted)
+        log.info("dispatcher_stopped", released=len(unstarted))
+
+    # -- claiming -----------------------------------------------------------------------------------------
+
+    async def _claim_forever(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            room = self._ready.maxsize - self._ready.qsize()
+            if room == 0 or (room < self._ready.maxsize / 2 and not self._ready.empty()):
+                # Woken (by an insert somewhere, or a worker taking one) while the workers still have work
+                # waiting: claim once half the queue is free, a few rows per transaction instead of one per
+                # mail. Asking the outbox now would only spin.
+                await self._wake.wait()
+                continue
+            try:
+                claimed = await self.outbox.claim(room, time.time())
+                next_due = None if claimed else await self.outbox.next_due_at()
+                failures = 0
+            except Exception as exc:
+                # The outbox is unreachable (or worse): keep trying with backoff; the claimer must outlive it.
+                failures += 1
+                log.error("outbox_claim_failed", error=str(exc), exc_info=not isinstance(exc, OutboxUnavailable))
+                await asyncio.sleep(min(POLL_SECONDS, 0.1 * 2**failures))
+                continue
+            for notification in claimed:
+                self._ready.put_nowait(notification)
+            if claimed:
+                if len(claimed) == room:
+                    # The queue is full: wait until a worker takes one (it wakes us) before claiming more.
+                    await self._wake.wait()
+                continue
+            timeout = POLL_SECONDS if next_due is None else min(POLL_SECONDS, max(0.0, next_due - time.time()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    # -- sending ------------------------------------------------------------------------------------------
+
+    async def _work_forever(self) -> None:
+        connection = self.connection_factory(self.settings)
+        try:
+            while True:
+                notification = await self._ready.get()
+                if notification is None:
+                    return
+                self._wake.set()
+                self.inflight += 1
+                try:
+                    await self._deliver(connection, notification)
+                except Exception:
+                    # A bug must cost one attempt of one mail, never a worker: the mail goes back to the queue
+                    # with its backoff (failed after MAX_ATTEMPTS), and the worker takes the next one.
+                    log.exception("dispatcher_delivery_crashed", notification_id=notification.id)
+                    connection.close()
+                    await self._record_failure(
+                        notification, DeliveryFailed("internal error while sending (see the logs)", transient=True)
+                    )
+                finally:
+                    self.inflight -= 1
+        finally:
+            if self._stopping and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                await connection.quit()
+            else:
+                connection.close()
+
+    async def _deliver(self, connection: SmtpConnection, notification: Notification) -> None:
+        with structlog.contextvars.bound_contextvars(
+            notification_id=notification.id, request_id=notification.request_id
+        ):
+            log.info("notification_sending", attempt=notification.attempts)
+            started = time.perf_counter()
+            try:
+                delivery = await connection.send(notification)
+            except DeliveryFailed as failure:
+                self.metrics.observe_send(time.perf_counter() - started, failure)
+                await self._record_failure(notification, failure)
+                return
+            except asyncio.CancelledError:
+                # Shutdown ran out of grace mid-send: whether the server took it is unknown, so it goes back
+                # to the queue and may be sent twice (at-least-once), rather than being lost.
+                await asyncio.shield(
+                    self._record(
+                        self.outbox.mark_retry(
+                            notification.id,
+                            error="interrupted by shutdown",
+                            next_attempt_at=time.time(),
+                            now=time.time(),
+                            attempt=notification.attempts,
+                        )
+                    )
+                )
+                raise
+            # Refusals of earlier attempts that are final stay on record beside this attempt's.
+            refused = refused_for_good(notification.refused_recipients) + delivery.refused
+            for_now = refused_for_now(delivery.refused)
+            if for_now and notification.attempts < self.settings.MAX_ATTEMPTS:
+                # Not sent yet, as far as the counters go: the notification is sent once every recipient is.
+                self.metrics.observe_send(
+                    time.perf_counter() - started, DeliveryFailed("recipients refused for now", transient=True)
+                )
+                await self._retry_recipients(notification, for_now, refused)
+                return
+            self.metrics.observe_send(time.perf_counter() - started)
+            await self._record(
+                self.outbox.mark_sent(
+                    notification.id,
+                    smtp_reply=delivery.smtp_reply,
+                    refused=refused,
+                    now=time.time(),
+                    attempt=notification.attempts,
+                )
+            )
+            log.info(
+                "notification_sent",
+                attempts=notification.attempts,
+                smtp_reply=delivery.smtp_reply,
+                refused=delivery.refused or None,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+    async def _retry_recipients(
+        self, notification: Notification, for_now: list[dict[str, Any]], refused: list[dict[str, Any]]
+    ) -> None:
+        """The server took the mail for some recipients and refused others with a 4xx (greylisting, a full
+        mailbox): only those are tried again later, so nobody who has the mail gets it twice."""
+        now = time.time()
+        delay = retry_delay(notification.attempts, self.settings)
+        reason = "refused for now: " + "; ".join(f"{r['address']}: {r['code']} {r['message']}" for r in for_now)
+        await self._record(
+            self.outbox.mark_retry(
+                notification.id,
+                error=reason,
+                next_attempt_at=now + delay,
+                now=now,
+                attempt=notification.attempts,
+                envelope=[r["address"] for r in for_now],
+                refused=refused,
+            )
+        )
+        self._wake.set()
+        log.warning(
+            "notification_retry_scheduled",
+            attempts=notification.attempts,
+            error=reason,
+            recipients=[r["address"] for r in for_now],
+            retry_in_seconds=round(delay, 3),
+        )
+
+    async def _record_failure(self, notification: Notification, failure: DeliveryFailed) -> None:
+        now = time.time()
+        if failure.transient and notification.attempts < self.settings.MAX_ATTEMPTS:
+            delay = retry_delay(notification.attempts, self.settings)
+            # Every recipient refused, some for good (5xx) and some for now (4xx): only the latter are tried again.
+            for_good = refused_for_good(failure.refused)
+            for_now = [r["address"] for r in refused_for_now(failure.refused)]
+            await self._record(
+                self.outbox.mark_retry(
+                    notification.id,
+                    error=failure.reason,
+                    next_attempt_at=now + delay,
+                    now=now,
+                    attempt=notification.attempts,
+                    envelope=for_now if for_good and for_now else None,
+                    refused=refused_for_good(notification.refused_recipients) + for_good if for_good else None,
+                )
+            )
+            # The claimer may be asleep until a later due time (or the slow poll): let it see this one.
+            self._wake.set()
+            log.warning(
+                "notification_retry_scheduled",
+                attempts=notification.attempts,
+                error=failure.reason,
+                retry_in_seconds=round(delay, 3),
+            )
+            return
+        reason = failure.reason
+        if failure.transient:
+            reason = f"gave up after {notification.attempts} attempts: {failure.reason}"
+        if notification.envelope is not None:
+            await self._end_partly_sent(notification, failure, reason)
+            return
+        await self._record(
+            self.outbox.mark_failed(
+                notification.id, error=reason, refused=failure.refused, now=now, attempt=notification.attempts
+            )
+        )
+        self.metrics.count_failed(permanent=not failure.transient)
+        log.error(
+            "notification_failed",
+            attempts=notification.attempts,
+            error=reason,
+            permanent=not failure.transient,
+            refused=failure.refused or None,
+        )
+
+    async def _end_partly_sent(self, notification: Notification, failure: DeliveryFailed, reason: str) -> None:
+        """The last word on a notification an earlier attempt delivered to some recipients: it is `sent` (they
+        have it), and the recipients it never reached are listed, with why, in `refused_recipients`."""
+        now = time.time()
+        code = int(reason[:3]) if reason[:3].isdigit() else 0
+        unreached = failure.refused or [
+            {"address": address, "code": code, "message": reason} for address in notification.envelope or []
+        ]
+        refused = refused_for_good(notification.refused_recipients) + unreached
+        await self._record(
+            self.outbox.mark_sent(
+                notification.id,
+                smtp_reply=notification.smtp_reply or "250 taken for the other recipients by an earlier attempt",
+                refused=refused,
+                now=now,
+                attempt=notification.attempts,
+            )
+        )
+        self.metrics.notifications_sent.inc()
+        log.warning("notification_sent", attempts=notification.attempts, refused=refused, partly=True)
+
+    async def _record(self, write: Awaitable[None]) -> None:
+        """Write a delivery outcome to the outbox; a failed write is logged, never raised into the worker."""
+        try:
+            await write
+        except Exception as exc:
+            # The row stays `sending`; the next start puts it back in the queue (a possible duplicate,
+            # never a loss). Never raised: an outcome that failed to be written must not become a retry of a
+            # mail the server already took. Logged loudly: the disk, the database or a bug is in trouble.
+            log.error("outbox_write_failed", error=str(exc), exc_info=not isinstance(exc, OutboxUnavailable))

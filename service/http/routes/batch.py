@@ -1,0 +1,127 @@
+"""`POST /v1/notifications/batch`: many notifications in one request, each judged on its own, the valid ones
+written to the outbox in one transaction and handed to the dispatcher with one wake-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, BackgroundTasks, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+
+from service.config import Settings
+from service.http.deps import DispatcherDep, IdempotencyDep, OutboxDep, SettingsDep, TemplatesDep
+from service.http.errors import json_safe
+from service.http.idempotency import (
+    ACCEPTING_RESPONSES,
+    REPLAYED_HEADER,
+    REPLAYED_HEADER_DOC,
+    IdempotencyKeyHeader,
+    taken_elsewhere,
+)
+from service.http.routes.notifications import new_notification
+from service.http.routes.templates import render_request
+from service.intake.request import NotificationRequest
+from service.intake.templates import Templates
+from service.outbox import IdempotencyKeyTaken, Notification
+
+log = structlog.get_logger("service.http.routes")
+
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+
+
+class BatchRequest(BaseModel):
+    # Items stay raw here: each one is validated on its own, so one bad item cannot refuse the others.
+    notifications: list[Any] = Field(min_length=1)
+
+
+class BatchItemError(BaseModel):
+    detail: list[dict[str, Any]]
+
+
+class BatchItem(BaseModel):
+    id: str | None = None
+    status: str | None = None
+    error: BatchItemError | None = None
+
+
+class BatchResponse(BaseModel):
+    items: list[BatchItem]
+
+
+def build_batch_item(
+    raw: Any, settings: Settings, templates: Templates, request_id: str | None
+) -> Notification | BatchItemError:
+    """One item of a batch: a notification ready for the outbox, or the 422 detail it would have had alone."""
+    try:
+        body = NotificationRequest.model_validate(raw)
+        return new_notification(render_request(body, templates), settings, request_id)
+    except ValidationError as exc:
+        return BatchItemError(detail=json_safe(jsonable_encoder(exc.errors(include_url=False))))
+    except RequestValidationError as exc:
+        return BatchItemError(detail=json_safe(jsonable_encoder(exc.errors())))
+
+
+@router.post(
+    "/batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchResponse,
+    response_model_exclude_none=True,
+    summary="Accept up to BATCH_LIMIT notifications; one result per item, in order",
+    responses={202: {"headers": {REPLAYED_HEADER: REPLAYED_HEADER_DOC}}, **ACCEPTING_RESPONSES},
+)
+async def create_batch(
+    batch: BatchRequest,
+    request: Request,
+    background: BackgroundTasks,
+    outbox: OutboxDep,
+    dispatcher: DispatcherDep,
+    settings: SettingsDep,
+    templates: TemplatesDep,
+    idempotency: IdempotencyDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    if len(batch.notifications) > settings.BATCH_LIMIT:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "too_long",
+                    "loc": ("body", "notifications"),
+                    "msg": f"{len(batch.notifications)} notifications in one batch;"
+                    f" at most BATCH_LIMIT={settings.BATCH_LIMIT} are allowed",
+                    "input": None,
+                }
+            ]
+        )
+    async with idempotency.begin(request, idempotency_key, batch) as claim:
+        if claim.replay is not None:
+            return claim.replay
+        results = [build_batch_item(raw, settings, templates, request.state.request_id) for raw in batch.notifications]
+        accepted = [result for result in results if isinstance(result, Notification)]
+        answer = (
+            BatchResponse(
+                items=[
+                    BatchItem(id=result.id, status="queued")
+                    if isinstance(result, Notification)
+                    else BatchItem(error=result)
+                    for result in results
+                ]
+            )
+            .model_dump_json(exclude_none=True)
+            .encode()
+        )
+        if accepted:
+            try:
+                # One transaction for every valid item, with the key's record (the answer) when there is a key.
+                await outbox.add(accepted, idempotency=claim.record(status.HTTP_202_ACCEPTED, answer, {}))
+            except IdempotencyKeyTaken:
+                raise taken_elsewhere(claim.key or "") from None
+            dispatcher.metrics.notifications_accepted.inc(len(accepted))
+            for notification in accepted:
+                with structlog.contextvars.bound_contextvars(notification_id=notification.id):
+                    log.info("notification_accepted", recipients=len(notification.recipients), batch=True)
+            background.add_task(dispatcher.notify, accepted[0].id)
+        log.info("batch_accepted", accepted=len(accepted), rejected=len(results) - len(accepted))
+        return Response(answer, status.HTTP_202_ACCEPTED, media_type="application/json")

@@ -1,0 +1,310 @@
+"""`/v1/jobs`: upload a CSV for a mail-merge (streamed to disk, never whole in memory), follow its progress,
+download its rejected rows."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import structlog
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from python_multipart.exceptions import ParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from service.http.deps import SettingsDep, TemplatesDep
+from service.intake.csv_jobs import CsvRejected, JobRunner, read_header
+from service.outbox.jobs import Job, JobStore
+
+log = structlog.get_logger("service.http.routes")
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# The upload route: exempt from MAX_BODY_BYTES, it enforces MAX_UPLOAD_BYTES itself while streaming to disk.
+UPLOAD_PATH = "/v1/jobs"
+
+FORM_FIELD_MAX_BYTES = 1024
+
+
+async def get_job_store(request: Request) -> JobStore:
+    store: JobStore = request.app.state.job_store
+    return store
+
+
+async def get_job_runner(request: Request) -> JobRunner:
+    runner: JobRunner = request.app.state.job_runner
+    return runner
+
+
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+JobRunnerDep = Annotated[JobRunner, Depends(get_job_runner)]
+
+
+class JobRowError(BaseModel):
+    row: int
+    reason: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: str
+    template: str
+    total_rows: int | None
+    rows_done: int
+    accepted: int
+    rejected: int
+    queued: int
+    sent: int
+    failed: int
+    errors: list[JobRowError]
+    reason: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def to_job_status(job: Job) -> JobStatus:
+    return JobStatus(
+        id=job.id,
+        status=job.status,
+        template=job.template,
+        total_rows=job.total_rows,
+        rows_done=job.rows_done,
+        accepted=job.accepted,
+        rejected=job.rejected,
+        queued=job.queued,
+        sent=job.sent,
+        failed=job.failed,
+        errors=[JobRowError(row=e.row, reason=e.reason) for e in job.errors],
+        reason=job.reason,
+        created_at=datetime.fromtimestamp(job.created_at, UTC),
+        finished_at=None if job.finished_at is None else datetime.fromtimestamp(job.finished_at, UTC),
+    )
+
+
+def _invalid(field: str, msg: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("body", field), "msg": msg, "input": None}])
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"the upload is over MAX_UPLOAD_BYTES={limit}")
+
+
+class _Part:
+    def __init__(self) -> None:
+        self.header_field = b""
+        self.header_value = b""
+        self.name = ""
+        self.is_file = False
+
+
+async def receive_upload(request: Request, path: Path, max_bytes: int) -> tuple[dict[str, str], bool]:
+    """Stream a multipart body: the `file` part into `path` (at most `max_bytes`), the other fields into a dict.
+    Returns the fields and whether a `file` part came."""
+    content_type, options = parse_options_header(request.headers.get("content-type"))
+    boundary = options.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise _invalid("file", "send the CSV as multipart/form-data: curl -F file=@people.csv -F template=welcome")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise _too_large(max_bytes)
+
+    events: list[tuple[str, bytes]] = []
+    part = _Part()
+    fields: dict[str, bytearray] = {}
+    written = 0
+    got_file = False
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        part.header_field += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        part.header_value += data[start:end]
+
+    def on_header_end() -> None:
+        if part.header_field.lower() == b"content-disposition":
+            _, disposition = parse_options_header(part.header_value)
+            part.name = disposition.get(b"name", b"").decode("utf-8", "replace")
+            part.is_file = part.name == "file"
+        part.header_field, part.header_value = b"", b""
+
+    def on_part_begin() -> None:
+        part.name, part.is_file = "", False
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        events.append(("file" if part.is_file else part.name, data[start:end]))
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+        },
+    )
+    file: BinaryIO = await asyncio.to_thread(path.open, "wb")
+    try:
+        async for body_chunk in request.stream():
+            try:
+                parser.write(body_chunk)
+            except ParseError as exc:
+                raise _invalid("file", f"the multipart body is malformed: {exc}") from None
+            file_bytes = bytearray()
+            for name, data in events:
+                if name == "file":
+                    got_file = True
+                    file_bytes += data
+                elif name:
+                    value = fields.setdefault(name, bytearray())
+                    value += data
+                    if len(value) > FORM_FIELD_MAX_BYTES:
+                        raise _invalid(name, f"form field over {FORM_FIELD_MAX_BYTES} bytes")
+            events.clear()
+            written += len(file_bytes)
+            if written > max_bytes:
+                raise _too_large(max_bytes)
+            if file_bytes:
+                await asyncio.to_thread(file.write, file_bytes)
+        try:
+            parser.finalize()
+        except ParseError as exc:
+            raise _invalid("file", f"the multipart body is malformed: {exc}") from None
+    except Exception:
+        await asyncio.to_thread(file.close)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        raise
+    await asyncio.to_thread(file.close)
+    return {name: value.decode("utf-8", "replace") for name, value in fields.items()}, got_file
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobStatus,
+    summary="Start a mail-merge: a CSV (multipart `file`, with an `email` column) and a `template` name",
+    responses={
+        202: {"headers": {"Location": {"description": "URL of the job's status"}}},
+        413: {"description": "The upload is over MAX_UPLOAD_BYTES"},
+        # Declared by hand: the route reads its multipart body itself, so FastAPI does not add it.
+        422: {
+            # FastAPI's own schema of a 422, defined because the JSON routes use it.
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+            "description": "Not multipart, no `file` or `template`, an unknown template, or a CSV without an"
+            " `email` column or not in UTF-8",
+        },
+    },
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "template"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "template": {"type": "string"},
+                        },
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
+)
+async def create_job(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    templates: TemplatesDep,
+    store: JobStoreDep,
+    runner: JobRunnerDep,
+) -> JobStatus:
+    job_id = str(uuid.uuid4())
+    await asyncio.to_thread(settings.JOBS_DIR.mkdir, parents=True, exist_ok=True)
+    path = settings.JOBS_DIR / f"{job_id}.csv"
+    fields, got_file = await receive_upload(request, path, settings.MAX_UPLOAD_BYTES)
+    try:
+        template = fields.get("template", "").strip()
+        if not got_file:
+            raise _invalid("file", "no `file` part: send the CSV as -F file=@people.csv")
+        if templates.get(template) is None:
+            raise _invalid("template", f"no template {template!r} (known: {', '.join(templates.names()) or 'none'})")
+        try:
+            await asyncio.to_thread(read_header, path)
+        except CsvRejected as exc:
+            raise _invalid("file", str(exc)) from None
+    except Exception:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        raise
+    job = Job(
+        id=job_id,
+        template=template,
+        csv_path=str(path),
+        created_at=time.time(),
+        request_id=request.state.request_id,
+    )
+    await store.create(job)
+    log.info("job_accepted", job_id=job.id, template=template)
+    runner.start(job)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return to_job_status(job)
+
+
+async def _job_or_404(store: JobStore, job_id: str) -> Job:
+    job = await store.get(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
+    return job
+
+
+@router.get("/{job_id}", response_model=JobStatus, responses={404: {"description": "No such job"}})
+async def get_job(job_id: str, store: JobStoreDep) -> JobStatus:
+    """A job's progress: rows done, accepted and rejected, its notifications by state, the first 100 errors."""
+    return to_job_status(await _job_or_404(store, job_id))
+
+
+def _cell(value: Any) -> str:
+    # A cell starting with = + - @ is a formula to a spreadsheet; these come from the uploader's own CSV.
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+@router.get(
+    "/{job_id}/errors.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}}, 404: {"description": "No such job"}},
+)
+async def get_job_errors(job_id: str, store: JobStoreDep) -> StreamingResponse:
+    """Every rejected row: its row number in the CSV (the header is row 1), its email, why."""
+    await _job_or_404(store, job_id)
+
+    async def lines() -> AsyncIterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["row", "email", "reason"])
+        after = 0
+        while True:
+            errors = await store.errors_after(job_id, after, 1000)
+            for error in errors:
+                writer.writerow([error.row, _cell(error.email), _cell(error.reason)])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if len(errors) < 1000:
+                return
+            after = errors[-1].row
+
+    return StreamingResponse(
+        lines(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-errors.csv"'},
+    )

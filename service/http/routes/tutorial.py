@@ -1,0 +1,61 @@
+"""The FastAPI background-tasks tutorial's two routes, kept for people who follow it, on the real machinery:
+the mail goes through the outbox and the dispatcher like any other notification."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, BackgroundTasks, Path, Request
+
+from service.http.deps import DispatcherDep, OutboxDep, SettingsDep
+from service.http.routes.notifications import accept, new_notification
+from service.http.schemas import Message
+from service.intake.request import EmailAddress, NotificationRequest
+
+log = structlog.get_logger("service.tutorial")
+
+router = APIRouter(tags=["tutorial"])
+
+PathEmail = Annotated[EmailAddress, Path(description="Where the mail goes")]
+
+
+def write_notification(email: str) -> None:
+    """The tutorial's `write_notification`, as a structured log event instead of a line in log.txt."""
+    log.info(f"Notification sent to {email}", email=email)
+
+
+@router.post("/send-notification/{email}", response_model=Message)
+async def send_notification(
+    email: PathEmail,
+    request: Request,
+    background_tasks: BackgroundTasks,
+    outbox: OutboxDep,
+    dispatcher: DispatcherDep,
+    settings: SettingsDep,
+) -> Message:
+    body = NotificationRequest(
+        to=[email], subject="Notification", text=f"Hello,\n\nthis is a notification for {email}.\n"
+    )
+    await accept(new_notification(body, settings, request.state.request_id), outbox, dispatcher, background_tasks)
+    background_tasks.add_task(write_notification, email)
+    return Message(message="Notification sent in the background")
+
+
+@router.post("/email/{to_email}", response_model=Message)
+async def send_email(
+    to_email: PathEmail,
+    request: Request,
+    background_tasks: BackgroundTasks,
+    outbox: OutboxDep,
+    dispatcher: DispatcherDep,
+    settings: SettingsDep,
+) -> Message:
+    body = NotificationRequest(
+        to=[to_email],
+        subject="Test email",
+        text="This is a test email sent in the background.\n",
+        html="<p>This is a test email sent in the background.</p>",
+    )
+    await accept(new_notification(body, settings, request.state.request_id), outbox, dispatcher, background_tasks)
+    return Message(message="Email sent in the background")

@@ -1,0 +1,95 @@
+"""What the HTTP API answers: the status object of a notification, pages, readiness, stats and error bodies.
+(What a client sends is service/intake/request.py.)"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["queued", "sending", "sent", "failed"]
+
+
+class RefusedRecipient(BaseModel):
+    address: str
+    code: int
+    message: str
+
+
+class NotificationStatus(BaseModel):
+    id: str
+    status: Status
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    subject: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    next_attempt_at: datetime | None
+    message_id: str
+    smtp_reply: str | None
+    refused_recipients: list[RefusedRecipient]
+    request_id: str | None
+    metadata: dict[str, str]
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationStatus]
+    next_cursor: str | None
+
+
+class Message(BaseModel):
+    message: str
+
+
+class ReadinessChecks(BaseModel):
+    outbox: Literal["pass", "fail"]
+    smtp: Literal["pass", "fail"]
+    # The dispatcher runs (its process is up, when it has one); "fail" while it is restarted: mail waits.
+    dispatcher: Literal["pass", "fail"] = "pass"
+
+
+class Readiness(BaseModel):
+    status: Literal["pass", "warn", "fail"]
+    checks: ReadinessChecks
+    # The last outbox schema migration applied (None while the outbox cannot be read).
+    schema_version: int | None = None
+
+
+class StatusCounts(BaseModel):
+    queued: int
+    sending: int
+    sent: int
+    failed: int
+
+
+class SentInMinute(BaseModel):
+    minute: datetime = Field(description="Start of the minute (UTC); the last entry is the current minute")
+    sent: int
+
+
+class RecentError(BaseModel):
+    id: str
+    status: Status = Field(description="queued or sending: being retried; failed: given up")
+    attempts: int
+    error: str
+    at: datetime
+    request_id: str | None
+
+
+class QueueStats(BaseModel):
+    generated_at: datetime
+    counts: StatusCounts
+    oldest_queued_age_seconds: float | None = Field(description="null when nothing waits")
+    sent_per_minute: list[SentInMinute]
+    recent_errors: list[RecentError] = Field(description="Newest first")
+
+
+class ErrorDetail(BaseModel):
+    """The body of 401, 409, 413 and 429 answers: what went wrong and what to do."""
+
+    detail: str
