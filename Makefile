@@ -8,7 +8,7 @@ export UV_PYTHON_DOWNLOADS := never
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --no-sync
 
-.PHONY: help uv install dev test lint
+.PHONY: help uv install dev test test-fast lint
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,9 @@ dev: install ## run the service on :8000 beside an SMTP sink on :1025 that print
 
 test: install ## run the test suite (real SMTP server, real SQLite, real HTTP; no Docker)
 	$(RUN) pytest
+
+test-fast: install ## the suite without the slow tests that start processes or soak (-m "not slow")
+	$(RUN) pytest -m "not slow"
 
 lint: install ## ruff (lint and format check) and mypy --strict on service/
 	$(RUN) ruff check .

@@ -19,6 +19,16 @@ from service.config import Settings
 from service.main import create_app
 from tests.smtp_sink import SmtpSink, free_port
 
+# Whole files whose every test starts processes (uvicorn, the dispatcher's own process, the benchmark): `slow`,
+# left out by `make test-fast`. Single slow tests elsewhere carry @pytest.mark.slow themselves.
+SLOW_FILES = ("tests/e2e/", "tests/test_bench.py", "tests/delivery/test_process.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SLOW_FILES):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _quiet_smtp_sink_logs() -> None:
@@ -110,6 +120,21 @@ def captured_events() -> Iterator[list[dict[str, Any]]]:
     """structlog events, with the context-bound keys (request_id, notification_id) merged in."""
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
         yield events
+
+
+async def wait_for_event(
+    events: list[dict[str, Any]], event: str, timeout: float = 10.0, **keys: Any
+) -> dict[str, Any]:
+    """The first captured event named `event` with these keys, waited for: a status is written before the
+    event that tells of it is logged, so seeing the status is not yet seeing the event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for candidate in list(events):
+            if candidate["event"] == event and all(candidate.get(k) == v for k, v in keys.items()):
+                return candidate
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {event} event with {keys} within {timeout}s: {[e['event'] for e in events]}")
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ def start_with(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProce
         ({"SMTP_TLS": "true", "SMTP_STARTTLS": "true"}, "SMTP_TLS and SMTP_STARTTLS are exclusive"),
     ],
 )
+@pytest.mark.slow
 def test_a_bad_value_stops_the_start_with_one_clear_line(tmp_path: Path, env: dict[str, str], expected: str) -> None:
     result = start_with(env, tmp_path)
 
@@ -45,6 +46,7 @@ def test_a_bad_value_stops_the_start_with_one_clear_line(tmp_path: Path, env: di
     assert expected in result.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_secret_is_named_but_never_echoed(tmp_path: Path) -> None:
     result = start_with({"SMTP_PASSWORD": "hunter2-secret"}, tmp_path)
 
@@ -53,6 +55,7 @@ def test_a_bad_secret_is_named_but_never_echoed(tmp_path: Path) -> None:
     assert "hunter2-secret" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_a_lease_shorter_than_two_sends_is_refused(tmp_path: Path) -> None:
     result = start_with(
         {"SEND_TIMEOUT_SECONDS": "30", "LEASE_SECONDS": "60", "OUTBOX_URL": "postgresql://db/app"}, tmp_path
@@ -70,6 +73,7 @@ def test_the_lease_does_not_bound_sends_on_the_sqlite_file() -> None:
     assert settings.SEND_TIMEOUT_SECONDS == 90
 
 
+@pytest.mark.slow
 def test_an_outbox_url_that_is_not_postgresql_is_refused_without_echoing_it(tmp_path: Path) -> None:
     result = start_with({"OUTBOX_URL": "mysql://app:s3cret-pw@db/app"}, tmp_path)
 

@@ -3,7 +3,6 @@ its metrics reach /metrics, it is niced, it is replaced when it dies, and it sto
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -124,7 +123,7 @@ async def test_a_stuck_dispatcher_process_turns_readiness_to_warn(
         assert (await service.client.get("/health/ready")).json()["checks"]["dispatcher"] == "pass"
         os.kill(child, signal.SIGSTOP)
         try:
-            await asyncio.sleep(2.5)
+            await wait_until(lambda: not service.app.state.dispatcher.running, 10, lambda: "still counted as running")
             stuck = (await service.client.get("/health/ready")).json()
         finally:
             os.kill(child, signal.SIGCONT)

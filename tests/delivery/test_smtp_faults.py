@@ -172,6 +172,7 @@ def outcomes(path: Path) -> list[dict[str, Any]]:
         ]
 
 
+@pytest.mark.slow
 async def test_chaos_soak_every_notification_ends_sent_or_failed_with_a_reason(tmp_path: Path) -> None:
     # Stalls outlast the send deadline; the deadline is long enough that an ordinary reply on a busy machine
     # is not mistaken for one.

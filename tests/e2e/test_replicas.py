@@ -59,7 +59,12 @@ def replicas(count: int, tmp_path: Path, postgres_url: str, smtp_port: int, **en
             }
             with log_path.open("wb") as log_file:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
+                    # A long keep-alive: on a loaded machine the client may reuse a pooled connection just as
+                    # uvicorn's 5 s idle timeout closes it, a ReadError that says nothing about the service.
+                    [
+                        *(sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1"),
+                        *("--port", str(port), "--timeout-keep-alive", "120"),
+                    ],
                     cwd=tmp_path,
                     env=outside_the_checkout(process_env),
                     stdout=log_file,

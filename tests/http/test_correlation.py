@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import MAIL, Service, captured_events, make_settings, running
+from tests.conftest import MAIL, Service, captured_events, make_settings, running, wait_for_event
 from tests.smtp_sink import SmtpSink
 
 
@@ -21,6 +21,7 @@ async def test_a_retried_notification_keeps_its_request_id(service: Service, smt
         response = await service.client.post("/v1/notifications", json=MAIL, headers={"X-Request-ID": "req-retry"})
         notification_id = response.json()["id"]
         sent = await service.wait_for_status(notification_id, "sent")
+        await wait_for_event(events, "notification_sent", notification_id=notification_id)
 
     assert sent["request_id"] == "req-retry"
     mine = events_of(events, notification_id)
@@ -41,6 +42,7 @@ async def test_a_failed_notification_keeps_its_request_id(service: Service, smtp
         response = await service.client.post("/v1/notifications", json=MAIL, headers={"X-Request-ID": "req-fail"})
         notification_id = response.json()["id"]
         failed = await service.wait_for_status(notification_id, "failed")
+        await wait_for_event(events, "notification_failed", notification_id=notification_id)
 
     assert failed["request_id"] == "req-fail"
     mine = events_of(events, notification_id)
@@ -56,6 +58,7 @@ async def test_giving_up_after_max_attempts_keeps_the_request_id(tmp_path: Path,
             response = await service.client.post("/v1/notifications", json=MAIL, headers={"X-Request-ID": "req-tired"})
             notification_id = response.json()["id"]
             await service.wait_for_status(notification_id, "failed")
+            await wait_for_event(events, "notification_failed", notification_id=notification_id)
 
     mine = events_of(events, notification_id)
     assert [e["event"] for e in mine][-1] == "notification_failed"
@@ -74,6 +77,7 @@ async def test_a_requeue_names_both_request_ids(service: Service, smtp_sink: Smt
             f"/v1/notifications/{notification_id}/retry", headers={"X-Request-ID": "req-again"}
         )
         await service.wait_for_status(notification_id, "sent")
+        await wait_for_event(events, "notification_sent", notification_id=notification_id)
 
     # The status object keeps the id of the request that created the notification.
     assert retried.json()["request_id"] == "req-first"

@@ -39,6 +39,7 @@ async def run_job(runner: JobRunner, store: SqliteJobStore, path: Path) -> Job:
     return done
 
 
+@pytest.mark.slow
 async def test_memory_does_not_grow_with_the_csv(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, 9, JOB_CHUNK_ROWS=100, JOB_MAX_QUEUED=0)
     outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")

@@ -71,6 +71,7 @@ def test_a_template_without_body_txt_is_refused(tmp_path: Path) -> None:
         load_templates(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_broken_template_stops_the_start_with_one_clear_line(tmp_path: Path) -> None:
     write_template(tmp_path / "templates", "welcome", subject_txt="Hi {% if %}", body_txt="x")
 
