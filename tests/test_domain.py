@@ -1,8 +1,13 @@
-"""The shared words: a Refusal reads back from the JSON it is stored and shown as."""
+"""The shared words: a Refusal reads back from the JSON it is stored and shown as, and the API's status is the
+domain's Status, described inline in the OpenAPI document as it always was."""
 
 from __future__ import annotations
 
-from service.domain import Refusal
+from pathlib import Path
+
+from service.domain import Refusal, Status
+from service.main import create_app
+from tests.conftest import make_settings
 
 
 def test_a_refusal_is_stored_and_shown_as_address_code_and_message() -> None:
@@ -18,3 +23,18 @@ def test_4xx_is_refused_for_now_and_5xx_for_good() -> None:
         (False, True),
         (False, False),
     ]
+
+
+def test_the_apis_status_is_the_domains_inline_enum(tmp_path: Path) -> None:
+    schema = create_app(make_settings(tmp_path, 1025)).openapi()
+
+    status = {"enum": [s.value for s in Status], "title": "Status", "type": "string"}
+    assert schema["components"]["schemas"]["NotificationStatus"]["properties"]["status"] == status
+    assert schema["components"]["schemas"]["RecentError"]["properties"]["status"] == {
+        **status,
+        "description": "queued or sending: being retried; failed: given up",
+    }
+    [listing] = [p for p in schema["paths"]["/v1/notifications"]["get"]["parameters"] if p["name"] == "status"]
+    assert listing["schema"]["anyOf"][0] == {"enum": [s.value for s in Status], "type": "string"}
+    # Not a shared component: a generated client gets no new type.
+    assert "Status" not in schema["components"]["schemas"]

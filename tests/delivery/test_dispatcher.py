@@ -179,7 +179,7 @@ async def test_an_unsendable_row_fails_alone_and_the_worker_goes_on(tmp_path: Pa
             message_id="<broken-row@example.com>",
             created_at=time.time(),
         )
-        await service.app.state.outbox.add([broken])
+        await service.app.state.outbox.notifications.add([broken])
         service.app.state.dispatcher.wake()
         failed = await service.wait_for_status(broken.id, "failed")
         after = (await service.post(**MAIL)).json()["id"]
