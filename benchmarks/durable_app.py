@@ -19,9 +19,9 @@ from fastapi import FastAPI, Response, status
 
 from service.intake.request import NotificationRequest
 from service.outbox import Notification
-from service.outbox.sqlite import SqliteOutbox
+from service.outbox.sqlite import sqlite_outbox
 
-outbox = SqliteOutbox(os.environ.get("OUTBOX_PATH") or os.path.join(tempfile.gettempdir(), "durable-floor.sqlite3"))
+outbox = sqlite_outbox(os.environ.get("OUTBOX_PATH") or os.path.join(tempfile.gettempdir(), "durable-floor.sqlite3"))
 
 
 @asynccontextmanager
@@ -39,7 +39,7 @@ app = FastAPI(lifespan=lifespan)
 @app.post("/v1/notifications", status_code=status.HTTP_202_ACCEPTED)
 async def accept(body: NotificationRequest) -> Response:
     notification_id = str(uuid.uuid4())
-    await outbox.add(
+    await outbox.notifications.add(
         [
             Notification(
                 id=notification_id,

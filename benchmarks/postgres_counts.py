@@ -13,8 +13,9 @@ import asyncio
 import sys
 import time
 
-from service.outbox.postgres import PostgresOutbox
-from tests.outbox.test_notifications import notification
+from service.outbox.postgres import postgres_outbox
+from service.outbox.postgres.database import PostgresDatabase
+from tests.outbox.backends import notification
 from tests.postgres import temporary_database
 
 ONE_ROW = """
@@ -56,20 +57,22 @@ DROP TRIGGER notification_counts_delete ON notifications;
 
 async def run(variant: str, setup: str, mails: int, connections: int) -> None:
     async with temporary_database() as url:
-        outbox = PostgresOutbox(url, lease_seconds=300, pool_size=connections + 2)
+        outbox = postgres_outbox(url, lease_seconds=300, pool_size=connections + 2)
         await outbox.open()
+        assert isinstance(outbox.database, PostgresDatabase)
+        notifications, stats = outbox.notifications, outbox.stats
         try:
             if setup:
-                async with outbox.connection() as conn:
+                async with outbox.database.connection() as conn:
                     await conn.execute(setup)
             per_worker = mails // connections
 
             async def worker() -> None:
                 for _ in range(per_worker):
                     n = notification()
-                    await outbox.add([n])
-                    for claimed in await outbox.claim(1, time.time()):
-                        await outbox.mark_sent(
+                    await notifications.add([n])
+                    for claimed in await notifications.claim(1, time.time()):
+                        await notifications.mark_sent(
                             claimed.id, smtp_reply="250 ok", refused=[], now=time.time(), attempt=claimed.attempts
                         )
 
@@ -79,9 +82,9 @@ async def run(variant: str, setup: str, mails: int, connections: int) -> None:
             reads = 200
             read_started = time.perf_counter()
             for _ in range(reads):
-                await outbox.queue_gauges()
+                await stats.queue_gauges()
             read_ms = (time.perf_counter() - read_started) / reads * 1000
-            gauges = await outbox.queue_gauges()
+            gauges = await stats.queue_gauges()
             print(
                 f"{variant:>20}: {per_worker * connections / elapsed:7.0f} mails/s"
                 f" ({connections} connections), gauge read {read_ms:.2f} ms, counts {gauges.counts}"

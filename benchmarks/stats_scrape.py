@@ -14,8 +14,10 @@ import time
 import uuid
 from pathlib import Path
 
+from service.domain import Status
 from service.outbox import Notification
-from service.outbox.sqlite import SqliteOutbox
+from service.outbox.sqlite import sqlite_outbox
+from service.outbox.sqlite.database import SqliteDatabase
 
 
 def _notification(created_at: float) -> Notification:
@@ -32,33 +34,37 @@ def _notification(created_at: float) -> Notification:
 
 async def main(rows: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        outbox = SqliteOutbox(Path(folder) / "outbox.sqlite3")
+        outbox = sqlite_outbox(Path(folder) / "outbox.sqlite3")
         await outbox.open()
+        notifications, stats, database = outbox.notifications, outbox.stats, outbox.database
+        assert isinstance(database, SqliteDatabase)
         now = time.time()
         started = time.perf_counter()
         for start in range(0, rows, 10_000):
-            await outbox.add([_notification(now - 3600 + i * 0.01) for i in range(start, min(rows, start + 10_000))])
+            await notifications.add(
+                [_notification(now - 3600 + i * 0.01) for i in range(start, min(rows, start + 10_000))]
+            )
         print(f"added {rows} rows in {time.perf_counter() - started:.1f}s")
         # Most of them sent over the last hour, some failed, the rest left queued: a busy day's outbox.
         started = time.perf_counter()
-        while claimed := await outbox.claim(1000, now):
-            if len(claimed) < 1000 and (await outbox.queue_gauges()).counts["queued"] == 0:
+        while claimed := await notifications.claim(1000, now):
+            if len(claimed) < 1000 and (await stats.queue_gauges()).counts[Status.QUEUED] == 0:
                 break
             for i, n in enumerate(claimed):
                 if i % 50 == 0:
-                    await outbox.mark_failed(n.id, error="550 no", refused=[], now=now - (i % 3600))
+                    await notifications.mark_failed(n.id, error="550 no", refused=[], now=now - (i % 3600))
                 else:
-                    await outbox.mark_sent(n.id, smtp_reply="250 ok", refused=[], now=now - (i % 3600))
-            if (await outbox.queue_gauges()).counts["queued"] < rows // 10:
+                    await notifications.mark_sent(n.id, smtp_reply="250 ok", refused=[], now=now - (i % 3600))
+            if (await stats.queue_gauges()).counts[Status.QUEUED] < rows // 10:
                 break
         print(f"sent/failed most of them in {time.perf_counter() - started:.1f}s")
-        print("counts:", (await outbox.queue_gauges()).counts)
+        print("counts:", {str(status): count for status, count in (await stats.queue_gauges()).counts.items()})
         for name, call in [
-            ("queue_gauges (one /metrics scrape)", lambda: outbox.queue_gauges()),
-            ("queue_stats (one /v1/stats)", lambda: outbox.queue_stats(time.time(), minutes=15, errors=10)),
+            ("queue_gauges (one /metrics scrape)", lambda: stats.queue_gauges()),
+            ("queue_stats (one /v1/stats)", lambda: stats.queue_stats(time.time(), minutes=15, errors=10)),
             (
                 "for comparison, counting per status with GROUP BY",
-                lambda: outbox._run(
+                lambda: database.read(
                     lambda db: db.execute("SELECT status, count(*) FROM notifications GROUP BY status").fetchall()
                 ),
             ),

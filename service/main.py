@@ -30,7 +30,6 @@ from service.intake.templates import load_templates_or_exit
 from service.logging import RequestIdMiddleware, configure_logging
 from service.metrics import HttpMetricsMiddleware, Metrics
 from service.outbox import QueueFull, describe_outbox, open_outbox
-from service.outbox.jobs import open_job_store
 
 log = structlog.get_logger("service")
 
@@ -49,24 +48,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.DISPATCHER_PROCESS:
             dispatcher = DispatcherProcess(outbox, settings, metrics=app_metrics)
         else:
-            dispatcher = Dispatcher(outbox, settings, metrics=app_metrics)
+            dispatcher = Dispatcher(outbox.notifications, settings, metrics=app_metrics)
         app.state.outbox = outbox
         app.state.dispatcher = dispatcher
         app_metrics.watch_dispatcher(lambda: dispatcher.running)
         app.state.smtp_probe = SmtpProbe(settings)
-        idempotency = Idempotency(outbox, settings.IDEMPOTENCY_TTL_HOURS * 3600)
+        idempotency = Idempotency(outbox.idempotency, settings.IDEMPOTENCY_TTL_HOURS * 3600)
         app.state.idempotency = idempotency
         sweeper = asyncio.create_task(idempotency.sweep_expired_forever(), name="idempotency-sweeper")
         await dispatcher.start()
-        job_store = open_job_store(outbox)
         job_runner = JobRunner(
-            job_store,
+            outbox.jobs,
             mail_templates,
             settings,
             wake=dispatcher.wake,
             accepted=app_metrics.notifications_accepted.inc,
         )
-        app.state.job_store = job_store
         app.state.job_runner = job_runner
         await job_runner.resume()
         log.info(
@@ -91,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with suppress(asyncio.CancelledError):
                 await sweeper
             await job_runner.stop()
-            await job_store.close()
+            await outbox.jobs.close()
             await dispatcher.stop()
             await outbox.close()
             log.info("service_stopped")

@@ -16,11 +16,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.metrics_core import Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.outbox import STATUSES
+from service.domain import SendFailed, Status
 
 if TYPE_CHECKING:
-    from service.delivery.classify import DeliveryFailed
-    from service.outbox import QueueGauges
+    from service.outbox.stats import QueueGauges
 
 # One SMTP transaction is milliseconds on a LAN and seconds through a busy relay; SEND_TIMEOUT_SECONDS
 # (30 s by default) bounds it.
@@ -96,7 +95,7 @@ class Metrics:
             self.notifications_failed.labels(reason=reason)
         for result in ("sent", "transient_error", "permanent_error"):
             self.send_attempts.labels(result=result)
-        for status in STATUSES:
+        for status in Status:
             self.outbox_notifications.labels(status=status)
         self._mirror: _Mirror | None = None
         self._connections: weakref.WeakSet[object] = weakref.WeakSet()
@@ -109,7 +108,7 @@ class Metrics:
 
     # -- the dispatcher's transitions ---------------------------------------------------------------------
 
-    def observe_send(self, seconds: float, failure: DeliveryFailed | None = None) -> None:
+    def observe_send(self, seconds: float, failure: SendFailed | None = None) -> None:
         """One send attempt ended: taken by the server (no failure), or refused / broken."""
         self.smtp_send_duration.observe(seconds)
         if failure is None:

@@ -1,28 +1,29 @@
 """What an SMTP failure means: transient (4xx, connection refused or lost, timeouts: try again later) or
-permanent (5xx: the server will never take this mail), and the outcome of a send that worked."""
+permanent (5xx: the server will never take this mail), as the SendFailed the dispatcher acts on."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import aiosmtplib
 
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """The server took the mail (for at least one recipient)."""
-
-    smtp_reply: str
-    refused: list[dict[str, Any]] = field(default_factory=list)
+from service.domain import Refusal, SendFailed
 
 
 class DeliveryFailed(Exception):
-    def __init__(self, reason: str, *, transient: bool, refused: list[dict[str, Any]] | None = None) -> None:
+    """Raised out of a send: carries the SendFailed outcome, the SMTP code as an int when there was one."""
+
+    def __init__(
+        self, reason: str, *, transient: bool, code: int | None = None, refused: tuple[Refusal, ...] = ()
+    ) -> None:
         super().__init__(reason)
-        self.reason = reason
-        self.transient = transient
-        self.refused = refused or []
+        self.outcome = SendFailed(message=reason, transient=transient, code=code, refused=refused)
+
+    @property
+    def reason(self) -> str:
+        return self.outcome.message
+
+    @property
+    def transient(self) -> bool:
+        return self.outcome.transient
 
 
 def server_text(text: str) -> str:
@@ -31,29 +32,30 @@ def server_text(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _refusal(address: str, code: int, message: str) -> dict[str, Any]:
-    return {"address": address, "code": code, "message": server_text(message)}
+def refusal(address: str, code: int, message: str) -> Refusal:
+    return Refusal(address=address, code=code, message=server_text(message))
 
 
-def _refused(errors: dict[str, aiosmtplib.SMTPResponse]) -> list[dict[str, Any]]:
-    return [_refusal(address, reply.code, reply.message) for address, reply in errors.items()]
+def refusals(errors: dict[str, aiosmtplib.SMTPResponse]) -> tuple[Refusal, ...]:
+    """The recipients a server refused in a send it took for the others (aiosmtplib's errors dict)."""
+    return tuple(refusal(address, reply.code, reply.message) for address, reply in errors.items())
 
 
-def _describe(code: int, message: str) -> str:
+def describe(code: int, message: str) -> str:
     return server_text(f"{code} {message}".strip())
 
 
 def classify(exc: BaseException) -> DeliveryFailed:
     """Turn what went wrong during a send into a DeliveryFailed that says whether to try again."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        refused = [_refusal(r.recipient, r.code, r.message) for r in exc.recipients]
-        transient = any(400 <= r.code < 500 for r in exc.recipients)
+        refused = tuple(refusal(r.recipient, r.code, r.message) for r in exc.recipients)
+        transient = any(r.for_now for r in refused)
         reason = "all recipients refused: " + "; ".join(
-            f"{r.recipient}: {_describe(r.code, r.message)}" for r in exc.recipients
+            f"{r.recipient}: {describe(r.code, r.message)}" for r in exc.recipients
         )
         return DeliveryFailed(reason, transient=transient, refused=refused)
     if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(exc, aiosmtplib.SMTPConnectError):
-        return DeliveryFailed(_describe(exc.code, exc.message), transient=not 500 <= exc.code < 600)
+        return DeliveryFailed(describe(exc.code, exc.message), transient=not 500 <= exc.code < 600, code=exc.code)
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return DeliveryFailed(f"not supported by the server: {exc}", transient=False)
     if isinstance(exc, TimeoutError):

@@ -11,16 +11,16 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
 from service.config import Settings
 from service.delivery.classify import DeliveryFailed
 from service.delivery.smtp import SmtpConnection
+from service.domain import Refusal, SendFailed, SendOutcome
 from service.metrics import Metrics
-from service.outbox import Notification, Outbox, OutboxUnavailable
+from service.outbox import Notification, NotificationStore, OutboxUnavailable
 
 log = structlog.get_logger("service.delivery.dispatcher")
 
@@ -35,20 +35,20 @@ def retry_delay(attempts: int, settings: Settings) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def refused_for_good(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def refused_for_good(refused: Sequence[Refusal]) -> list[Refusal]:
     """Recipients a server refused with 5xx: asking again cannot help."""
-    return [r for r in refused if r["code"] >= 500]
+    return [r for r in refused if r.for_good]
 
 
-def refused_for_now(refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def refused_for_now(refused: Sequence[Refusal]) -> list[Refusal]:
     """Recipients a server refused with 4xx (greylisting, a full mailbox): worth asking again later."""
-    return [r for r in refused if 400 <= r["code"] < 500]
+    return [r for r in refused if r.for_now]
 
 
 class Dispatcher:
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: NotificationStore,
         settings: Settings,
         *,
         connection_factory: Callable[[Settings], SmtpConnection] = SmtpConnection,
@@ -175,7 +175,7 @@ class Dispatcher:
                     log.exception("dispatcher_delivery_crashed", notification_id=notification.id)
                     connection.close()
                     await self._record_failure(
-                        notification, DeliveryFailed("internal error while sending (see the logs)", transient=True)
+                        notification, SendFailed("internal error while sending (see the logs)", transient=True)
                     )
                 finally:
                     self.inflight -= 1
@@ -192,11 +192,9 @@ class Dispatcher:
             log.info("notification_sending", attempt=notification.attempts)
             started = time.perf_counter()
             try:
-                delivery = await connection.send(notification)
-            except DeliveryFailed as failure:
-                self.metrics.observe_send(time.perf_counter() - started, failure)
-                await self._record_failure(notification, failure)
-                return
+                outcome: SendOutcome = await connection.send(notification)
+            except DeliveryFailed as failed:
+                outcome = failed.outcome
             except asyncio.CancelledError:
                 # Shutdown ran out of grace mid-send: whether the server took it is unknown, so it goes back
                 # to the queue and may be sent twice (at-least-once), rather than being lost.
@@ -212,13 +210,18 @@ class Dispatcher:
                     )
                 )
                 raise
+            if isinstance(outcome, SendFailed):
+                self.metrics.observe_send(time.perf_counter() - started, outcome)
+                await self._record_failure(notification, outcome)
+                return
+            taken = outcome
             # Refusals of earlier attempts that are final stay on record beside this attempt's.
-            refused = refused_for_good(notification.refused_recipients) + delivery.refused
-            for_now = refused_for_now(delivery.refused)
+            refused = [*refused_for_good(notification.refused_recipients), *taken.refused]
+            for_now = refused_for_now(taken.refused)
             if for_now and notification.attempts < self.settings.MAX_ATTEMPTS:
                 # Not sent yet, as far as the counters go: the notification is sent once every recipient is.
                 self.metrics.observe_send(
-                    time.perf_counter() - started, DeliveryFailed("recipients refused for now", transient=True)
+                    time.perf_counter() - started, SendFailed("recipients refused for now", transient=True)
                 )
                 await self._retry_recipients(notification, for_now, refused)
                 return
@@ -226,7 +229,7 @@ class Dispatcher:
             await self._record(
                 self.outbox.mark_sent(
                     notification.id,
-                    smtp_reply=delivery.smtp_reply,
+                    smtp_reply=taken.smtp_reply,
                     refused=refused,
                     now=time.time(),
                     attempt=notification.attempts,
@@ -235,19 +238,19 @@ class Dispatcher:
             log.info(
                 "notification_sent",
                 attempts=notification.attempts,
-                smtp_reply=delivery.smtp_reply,
-                refused=delivery.refused or None,
+                smtp_reply=taken.smtp_reply,
+                refused=[r.to_json() for r in taken.refused] or None,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
             )
 
     async def _retry_recipients(
-        self, notification: Notification, for_now: list[dict[str, Any]], refused: list[dict[str, Any]]
+        self, notification: Notification, for_now: list[Refusal], refused: list[Refusal]
     ) -> None:
         """The server took the mail for some recipients and refused others with a 4xx (greylisting, a full
         mailbox): only those are tried again later, so nobody who has the mail gets it twice."""
         now = time.time()
         delay = retry_delay(notification.attempts, self.settings)
-        reason = "refused for now: " + "; ".join(f"{r['address']}: {r['code']} {r['message']}" for r in for_now)
+        reason = "refused for now: " + "; ".join(f"{r.address}: {r.code} {r.message}" for r in for_now)
         await self._record(
             self.outbox.mark_retry(
                 notification.id,
@@ -255,7 +258,7 @@ class Dispatcher:
                 next_attempt_at=now + delay,
                 now=now,
                 attempt=notification.attempts,
-                envelope=[r["address"] for r in for_now],
+                envelope=[r.address for r in for_now],
                 refused=refused,
             )
         )
@@ -264,26 +267,26 @@ class Dispatcher:
             "notification_retry_scheduled",
             attempts=notification.attempts,
             error=reason,
-            recipients=[r["address"] for r in for_now],
+            recipients=[r.address for r in for_now],
             retry_in_seconds=round(delay, 3),
         )
 
-    async def _record_failure(self, notification: Notification, failure: DeliveryFailed) -> None:
+    async def _record_failure(self, notification: Notification, failure: SendFailed) -> None:
         now = time.time()
         if failure.transient and notification.attempts < self.settings.MAX_ATTEMPTS:
             delay = retry_delay(notification.attempts, self.settings)
             # Every recipient refused, some for good (5xx) and some for now (4xx): only the latter are tried again.
             for_good = refused_for_good(failure.refused)
-            for_now = [r["address"] for r in refused_for_now(failure.refused)]
+            for_now = [r.address for r in refused_for_now(failure.refused)]
             await self._record(
                 self.outbox.mark_retry(
                     notification.id,
-                    error=failure.reason,
+                    error=failure.message,
                     next_attempt_at=now + delay,
                     now=now,
                     attempt=notification.attempts,
                     envelope=for_now if for_good and for_now else None,
-                    refused=refused_for_good(notification.refused_recipients) + for_good if for_good else None,
+                    refused=[*refused_for_good(notification.refused_recipients), *for_good] if for_good else None,
                 )
             )
             # The claimer may be asleep until a later due time (or the slow poll): let it see this one.
@@ -291,13 +294,13 @@ class Dispatcher:
             log.warning(
                 "notification_retry_scheduled",
                 attempts=notification.attempts,
-                error=failure.reason,
+                error=failure.message,
                 retry_in_seconds=round(delay, 3),
             )
             return
-        reason = failure.reason
+        reason = failure.message
         if failure.transient:
-            reason = f"gave up after {notification.attempts} attempts: {failure.reason}"
+            reason = f"gave up after {notification.attempts} attempts: {failure.message}"
         if notification.envelope is not None:
             await self._end_partly_sent(notification, failure, reason)
             return
@@ -312,18 +315,18 @@ class Dispatcher:
             attempts=notification.attempts,
             error=reason,
             permanent=not failure.transient,
-            refused=failure.refused or None,
+            refused=[r.to_json() for r in failure.refused] or None,
         )
 
-    async def _end_partly_sent(self, notification: Notification, failure: DeliveryFailed, reason: str) -> None:
+    async def _end_partly_sent(self, notification: Notification, failure: SendFailed, reason: str) -> None:
         """The last word on a notification an earlier attempt delivered to some recipients: it is `sent` (they
         have it), and the recipients it never reached are listed, with why, in `refused_recipients`."""
         now = time.time()
-        code = int(reason[:3]) if reason[:3].isdigit() else 0
-        unreached = failure.refused or [
-            {"address": address, "code": code, "message": reason} for address in notification.envelope or []
+        # 0 when the server gave no reply code (a lost connection, a timeout).
+        unreached = list(failure.refused) or [
+            Refusal(address=address, code=failure.code or 0, message=reason) for address in notification.envelope or []
         ]
-        refused = refused_for_good(notification.refused_recipients) + unreached
+        refused = [*refused_for_good(notification.refused_recipients), *unreached]
         await self._record(
             self.outbox.mark_sent(
                 notification.id,
@@ -334,7 +337,9 @@ class Dispatcher:
             )
         )
         self.metrics.notifications_sent.inc()
-        log.warning("notification_sent", attempts=notification.attempts, refused=refused, partly=True)
+        log.warning(
+            "notification_sent", attempts=notification.attempts, refused=[r.to_json() for r in refused], partly=True
+        )
 
     async def _record(self, write: Awaitable[None]) -> None:
         """Write a delivery outcome to the outbox; a failed write is logged, never raised into the worker."""

@@ -68,7 +68,7 @@ class DispatcherProcess:
         self.settings = settings
         self.metrics = metrics
         # Whatever the outbox locked (a SQLite file) stays locked while the child lives, even past our exit.
-        self._inherited = tuple(fd for fd in [getattr(outbox, "lock_fd", None)] if fd is not None)
+        self._inherited = tuple(fd for fd in [outbox.database.lock_fd] if fd is not None)
         self._serve_snapshot = metrics.serve_dispatcher_snapshots()
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -240,7 +240,7 @@ async def serve(settings: Settings, stdin_fd: int, events_fd: int) -> None:
     outbox = open_outbox(settings, lock=False)
     await outbox.open()
     metrics = Metrics()
-    dispatcher = Dispatcher(outbox, settings, metrics=metrics)
+    dispatcher = Dispatcher(outbox.notifications, settings, metrics=metrics)
     stop = asyncio.Event()
     # Told to stop by its parent only (stdin closed): a SIGTERM or Ctrl-C sent to the whole process group
     # reaches the parent too, whose shutdown then stops this process in order.

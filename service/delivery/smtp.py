@@ -10,8 +10,9 @@ import aiosmtplib
 import structlog
 
 from service.config import Settings
-from service.delivery.classify import Delivery, DeliveryFailed, _describe, _refused, classify, server_text
+from service.delivery.classify import DeliveryFailed, classify, describe, refusals, server_text
 from service.delivery.mime import addr_spec, build_mail_bytes, build_stdlib_bytes, envelope_recipients
+from service.domain import SendTaken
 from service.outbox import Notification
 
 log = structlog.get_logger("service.delivery.smtp")
@@ -66,14 +67,14 @@ class SmtpConnection:
         except aiosmtplib.SMTPResponseException as exc:
             # Refused at greeting, EHLO or AUTH: a problem of the connection, not of this mail.
             smtp.close()
-            raise DeliveryFailed(f"connect: {_describe(exc.code, exc.message)}", transient=True) from exc
+            raise DeliveryFailed(f"connect: {describe(exc.code, exc.message)}", transient=True, code=exc.code) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             smtp.close()
             raise DeliveryFailed(f"connect to {s.SMTP_HOST}:{s.SMTP_PORT}: {exc}", transient=True) from exc
         log.debug("smtp_connected", host=s.SMTP_HOST, port=s.SMTP_PORT)
         return smtp
 
-    async def send(self, notification: Notification) -> Delivery:
+    async def send(self, notification: Notification) -> SendTaken:
         """Send within SEND_TIMEOUT_SECONDS; raise DeliveryFailed saying whether a retry may help."""
         sender = addr_spec(self.settings.MAIL_FROM)
         recipients = envelope_recipients(notification)
@@ -106,7 +107,7 @@ class SmtpConnection:
             self.close()
             self._smtp = await self._connect()
 
-    async def _send(self, mail: _Mail) -> Delivery:
+    async def _send(self, mail: _Mail) -> SendTaken:
         reused = self.is_open
         await self.open()
         assert self._smtp is not None
@@ -135,7 +136,7 @@ class SmtpConnection:
         except Exception as exc:
             self._close_if_broken(exc)
             raise classify(exc) from exc
-        return Delivery(smtp_reply=server_text(f"250 {reply}"), refused=_refused(errors))
+        return SendTaken(smtp_reply=server_text(f"250 {reply}"), refused=refusals(errors))
 
     async def _send_mail(self, smtp: _Smtp, mail: _Mail) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         """sendmail with the MAIL options send_message would have chosen for this server, in its order."""

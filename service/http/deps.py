@@ -1,4 +1,4 @@
-"""Typed dependencies the routes ask for: the app's outbox, dispatcher and settings."""
+"""Typed dependencies the routes ask for: the outbox's stores, the dispatcher and the settings."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from service.delivery.process import AnyDispatcher
 from service.http.idempotency import Idempotency
 from service.intake.templates import Templates
 from service.metrics import Metrics
-from service.outbox import Outbox
+from service.outbox import Database, NotificationStore, StatsStore
 
 
 async def get_settings(request: Request) -> Settings:
@@ -21,9 +21,19 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_outbox(request: Request) -> Outbox:
-    outbox: Outbox = request.app.state.outbox
-    return outbox
+async def get_notification_store(request: Request) -> NotificationStore:
+    store: NotificationStore = request.app.state.outbox.notifications
+    return store
+
+
+async def get_stats_store(request: Request) -> StatsStore:
+    store: StatsStore = request.app.state.outbox.stats
+    return store
+
+
+async def get_database(request: Request) -> Database:
+    database: Database = request.app.state.outbox.database
+    return database
 
 
 async def get_dispatcher(request: Request) -> AnyDispatcher:
@@ -47,7 +57,9 @@ async def get_templates(request: Request) -> Templates:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-OutboxDep = Annotated[Outbox, Depends(get_outbox)]
+NotificationStoreDep = Annotated[NotificationStore, Depends(get_notification_store)]
+StatsStoreDep = Annotated[StatsStore, Depends(get_stats_store)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 DispatcherDep = Annotated[AnyDispatcher, Depends(get_dispatcher)]
 SmtpProbeDep = Annotated[SmtpProbe, Depends(get_smtp_probe)]
 
@@ -69,7 +81,7 @@ class Accepting:
     and five separate ones were ~8 % of the accept path's CPU."""
 
     settings: Settings
-    outbox: Outbox
+    outbox: NotificationStore
     dispatcher: AnyDispatcher
     idempotency: Idempotency
     templates: Templates
@@ -77,4 +89,4 @@ class Accepting:
     @classmethod
     def of(cls, request: Request) -> Accepting:
         state = request.app.state
-        return cls(state.settings, state.outbox, state.dispatcher, state.idempotency, state.templates)
+        return cls(state.settings, state.outbox.notifications, state.dispatcher, state.idempotency, state.templates)

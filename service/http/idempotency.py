@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from service.http.limits import LIMIT_RESPONSES
 from service.http.schemas import ErrorDetail
-from service.outbox import IdempotencyRecord, Outbox, OutboxUnavailable
+from service.outbox import IdempotencyRecord, IdempotencyStore, OutboxUnavailable
 
 log = structlog.get_logger("service.http.idempotency")
 
@@ -140,8 +140,8 @@ def _in_progress(key: str) -> HTTPException:
 class Idempotency:
     """The app's keys in flight (in memory) in front of the keys stored in the outbox."""
 
-    def __init__(self, outbox: Outbox, ttl_seconds: float) -> None:
-        self.outbox = outbox
+    def __init__(self, store: IdempotencyStore, ttl_seconds: float) -> None:
+        self.store = store
         self.ttl_seconds = ttl_seconds
         self._in_flight: set[tuple[str, str]] = set()
 
@@ -156,7 +156,7 @@ class Idempotency:
             raise _in_progress(key)
         self._in_flight.add(held)
         try:
-            stored = await self.outbox.get_idempotency(claim.scope, key, time.time())
+            stored = await self.store.get(claim.scope, key, time.time())
             if stored is not None:
                 if stored.fingerprint != claim.fingerprint:
                     raise _different_body(key)
@@ -170,7 +170,7 @@ class Idempotency:
         interval = min(SWEEP_INTERVAL_SECONDS, self.ttl_seconds)
         while True:
             try:
-                swept = await self.outbox.sweep_idempotency(time.time())
+                swept = await self.store.sweep(time.time())
             except OutboxUnavailable as exc:
                 log.warning("idempotency_sweep_failed", error=str(exc))
             else:

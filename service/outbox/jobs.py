@@ -1,8 +1,8 @@
 """The job store: CSV mail-merge jobs, their rejected rows, and their notifications' ids in the outbox.
 
-One interface (`JobStore`) with an implementation per outbox backend, each sharing its outbox's database, so
-a chunk of a job's notifications and the job's progress commit in one transaction: after a crash the job
-resumes at the first row that is not in the outbox.
+One interface (`JobStore`) with an implementation per outbox backend, each on the database of the notification
+store, so a chunk of a job's notifications and the job's progress commit in one transaction: after a crash the
+job resumes at the first row that is not in the outbox.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from service.outbox import Notification, Outbox
+from service.outbox.notifications import Notification
 
 RUNNING = "running"
 DONE = "done"
@@ -94,21 +94,5 @@ class JobStore(abc.ABC):
         """Rejected rows after row number `row`, in row order: pages of the errors CSV."""
 
     async def close(self) -> None:
-        """Let go of what the store holds beside its outbox (the PostgreSQL store's job locks)."""
+        """Let go of what the store holds beside its database (the PostgreSQL store's job locks)."""
         return None
-
-
-def open_job_store(outbox: Outbox) -> JobStore:
-    """The job store on the same database as `outbox`."""
-    from service.outbox.postgres import PostgresOutbox
-    from service.outbox.sqlite import SqliteOutbox
-
-    if isinstance(outbox, SqliteOutbox):
-        from service.outbox.sqlite_jobs import SqliteJobStore
-
-        return SqliteJobStore(outbox)
-    if isinstance(outbox, PostgresOutbox):
-        from service.outbox.postgres_jobs import PostgresJobStore
-
-        return PostgresJobStore(outbox)
-    raise TypeError(f"no job store for {type(outbox).__name__}")

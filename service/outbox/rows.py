@@ -4,9 +4,11 @@ its delivery state in columns. A row reads the same from SQLite and from Postgre
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from service.outbox import Notification
+from service.domain import Refusal, Status
+from service.outbox.notifications import Notification
 
 
 def content_json(n: Notification) -> str:
@@ -27,13 +29,22 @@ def content_json(n: Notification) -> str:
     )
 
 
+def refused_json(refused: Sequence[Refusal]) -> str:
+    """The `refused` column: a JSON list of `{address, code, message}` (the API shows it as it is stored)."""
+    return json.dumps([r.to_json() for r in refused])
+
+
+def refused_from_json(value: str | None) -> list[Refusal]:
+    return [Refusal.from_json(r) for r in json.loads(value)] if value else []
+
+
 def notification_from_row(row: Any) -> Notification:
     """From a row with the notifications table's columns (a sqlite3.Row or an asyncpg.Record)."""
     content = json.loads(row["content"])
     return Notification(
         seq=row["seq"],
         id=row["id"],
-        status=row["status"],
+        status=Status(row["status"]),
         to=content["to"],
         cc=content["cc"],
         bcc=content["bcc"],
@@ -48,7 +59,7 @@ def notification_from_row(row: Any) -> Notification:
         attempts=row["attempts"],
         last_error=row["last_error"],
         smtp_reply=row["smtp_reply"],
-        refused_recipients=json.loads(row["refused"]) if row["refused"] else [],
+        refused_recipients=refused_from_json(row["refused"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         sent_at=row["sent_at"],

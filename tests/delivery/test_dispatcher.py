@@ -159,6 +159,25 @@ async def test_shutdown_past_the_grace_period_puts_interrupted_sends_back_in_the
         await service.wait_for_status(notification_id, "sent")
 
 
+async def test_recipients_a_partly_sent_notification_never_reached_carry_the_servers_own_code(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    # Ada gets the mail and grey is greylisted; the retry for grey meets a full server (452 at DATA) and is the
+    # last attempt. The notification is sent (Ada has it), and grey is listed with the server's code, as an int
+    # the dispatcher was handed (it used to parse it back out of the reason, which starts "gave up after").
+    smtp_sink.handler.refuse["grey@example.com"] = "451 4.7.1 greylisted"
+    smtp_sink.handler.refuse_times["grey@example.com"] = 1
+    smtp_sink.handler.data_replies.extend(["250 OK", "452 4.3.1 out of storage"])
+    async with running(make_settings(tmp_path, smtp_sink.port, MAX_ATTEMPTS=2)) as service:
+        response = await service.post(to=["ada@example.com", "grey@example.com"], subject="s", text="t")
+        sent = await service.wait_for_status(response.json()["id"], "sent")
+
+    assert sent["attempts"] == 2
+    assert sent["refused_recipients"] == [
+        {"address": "grey@example.com", "code": 452, "message": "gave up after 2 attempts: 452 4.3.1 out of storage"}
+    ]
+
+
 def test_settings_repr_hides_the_smtp_password(tmp_path: Path) -> None:
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, SMTP_USERNAME="user", SMTP_PASSWORD="hunter2-secret", OUTBOX_PATH=tmp_path / "o"
@@ -179,7 +198,7 @@ async def test_an_unsendable_row_fails_alone_and_the_worker_goes_on(tmp_path: Pa
             message_id="<broken-row@example.com>",
             created_at=time.time(),
         )
-        await service.app.state.outbox.add([broken])
+        await service.app.state.outbox.notifications.add([broken])
         service.app.state.dispatcher.wake()
         failed = await service.wait_for_status(broken.id, "failed")
         after = (await service.post(**MAIL)).json()["id"]

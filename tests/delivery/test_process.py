@@ -13,11 +13,11 @@ import pytest
 from service.delivery import process as dispatcher_process
 from service.delivery.dispatcher import POLL_SECONDS
 from service.outbox import QueueFull
-from service.outbox.sqlite import SqliteOutbox
+from service.outbox.sqlite import sqlite_outbox
 from tests.conftest import MAIL, captured_events, make_settings, running
 from tests.e2e.processes import alive, wait_until
 from tests.http.test_metrics import scrape, value, wait_for_metric
-from tests.outbox.test_notifications import notification as make_notification
+from tests.outbox.backends import notification as make_notification
 from tests.smtp_sink import SmtpSink
 
 
@@ -95,18 +95,18 @@ async def test_the_queue_limit_sees_mail_sent_by_the_dispatcher_process(tmp_path
     """The unsent count is read from the outbox, not kept by the process that accepts: the one that sends is
     another (this failed when each process kept its own count)."""
     path = tmp_path / "outbox.sqlite3"
-    accepting = SqliteOutbox(path, queue_limit=2)
-    sending = SqliteOutbox(path, lock=False)
+    accepting = sqlite_outbox(path, queue_limit=2)
+    sending = sqlite_outbox(path, lock=False)
     await accepting.open()
     await sending.open()
     try:
-        await accepting.add([make_notification(), make_notification()])
+        await accepting.notifications.add([make_notification(), make_notification()])
         with pytest.raises(QueueFull):
-            await accepting.add([make_notification()])
-        (claimed, *_) = await sending.claim(1, time.time())
-        await sending.mark_sent(claimed.id, smtp_reply="250 OK", refused=[], now=time.time(), attempt=1)
-        await accepting.add([make_notification()])
-        assert await accepting.count_unsent() == 2
+            await accepting.notifications.add([make_notification()])
+        (claimed, *_) = await sending.notifications.claim(1, time.time())
+        await sending.notifications.mark_sent(claimed.id, smtp_reply="250 OK", refused=[], now=time.time(), attempt=1)
+        await accepting.notifications.add([make_notification()])
+        assert await accepting.notifications.count_unsent() == 2
     finally:
         await sending.close()
         await accepting.close()

@@ -77,7 +77,7 @@ async def test_a_flood_past_the_queue_limit_is_refused_and_nothing_beyond_it_is_
     async with running(settings) as service:
         responses = await asyncio.gather(*(service.post(**MAIL) for _ in range(120)))
         tutorial = await service.client.post("/send-notification/ada@example.com")
-        unsent = await service.app.state.outbox.count_unsent()
+        unsent = await service.app.state.outbox.notifications.count_unsent()
 
     codes = [r.status_code for r in responses]
     assert codes.count(202) == 20
@@ -101,7 +101,7 @@ async def test_room_comes_back_as_mail_is_sent(tmp_path: Path, smtp_sink: SmtpSi
         smtp_sink.handler.delay_seconds = 0
         again = await service.post(**MAIL)
         await service.wait_for_status(again.json()["id"], "sent")
-        unsent = await service.app.state.outbox.count_unsent()
+        unsent = await service.app.state.outbox.notifications.count_unsent()
 
     assert [r.status_code for r in first] == [202, 202]
     assert full.status_code == 429
@@ -119,7 +119,7 @@ async def test_the_unsent_count_survives_a_restart_and_follows_every_transition(
         await service.wait_for_status(failed.json()["id"], "failed")
         sent = await service.post(**MAIL)
         await service.wait_for_status(sent.json()["id"], "sent")
-        outbox = service.app.state.outbox
+        outbox = service.app.state.outbox.notifications
         assert await outbox.count_unsent() == 0
         retried = await service.client.post(f"/v1/notifications/{failed.json()['id']}/retry")
         assert retried.status_code == 202
@@ -132,4 +132,4 @@ async def test_the_unsent_count_survives_a_restart_and_follows_every_transition(
         for _ in range(3):
             await service.post(**MAIL)
     async with running(down) as service:
-        assert await service.app.state.outbox.count_unsent() == 3 == unsent_rows(down.OUTBOX_PATH)
+        assert await service.app.state.outbox.notifications.count_unsent() == 3 == unsent_rows(down.OUTBOX_PATH)

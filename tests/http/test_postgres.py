@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.outbox import describe_outbox
-from service.outbox.postgres import PostgresOutbox
+from service.outbox.postgres.database import PostgresDatabase
 from tests.conftest import MAIL, make_settings, running
 from tests.postgres import latest_migration
 from tests.smtp_sink import SmtpSink
@@ -16,7 +16,7 @@ async def test_the_service_on_postgresql_accepts_delivers_and_reports_its_schema
 ) -> None:
     settings = make_settings(tmp_path, smtp_sink.port, OUTBOX_URL=postgres_url.replace("postgres@", "postgres:pw@"))
     async with running(settings) as service:
-        assert isinstance(service.app.state.outbox, PostgresOutbox)
+        assert isinstance(service.app.state.outbox.database, PostgresDatabase)
         accepted = await service.post(**MAIL)
         sent = await service.wait_for_status(accepted.json()["id"], "sent")
         ready = await service.client.get("/health/ready")

@@ -13,10 +13,9 @@ import pytest
 from service.intake import csv_jobs as jobs
 from service.intake.csv_jobs import JobRunner
 from service.intake.templates import load_templates
-from service.outbox import OutboxUnavailable
+from service.outbox import JobStore, OutboxUnavailable
 from service.outbox.jobs import Job
-from service.outbox.sqlite import SqliteOutbox
-from service.outbox.sqlite_jobs import SqliteJobStore
+from service.outbox.sqlite import sqlite_outbox
 from tests.conftest import make_settings
 from tests.jobs_csv import good_addresses, people_csv
 
@@ -29,7 +28,7 @@ def write_csv(folder: Path, rows: int) -> Path:
     return path
 
 
-async def run_job(runner: JobRunner, store: SqliteJobStore, path: Path) -> Job:
+async def run_job(runner: JobRunner, store: JobStore, path: Path) -> Job:
     job = Job(id=str(uuid.uuid4()), template="welcome", csv_path=str(path), created_at=time.time())
     await store.create(job)
     runner.start(job)
@@ -42,9 +41,9 @@ async def run_job(runner: JobRunner, store: SqliteJobStore, path: Path) -> Job:
 @pytest.mark.slow
 async def test_memory_does_not_grow_with_the_csv(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, 9, JOB_CHUNK_ROWS=100, JOB_MAX_QUEUED=0)
-    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    outbox = sqlite_outbox(tmp_path / "outbox.sqlite3")
     await outbox.open()
-    store = SqliteJobStore(outbox)
+    store = outbox.jobs
     runner = JobRunner(store, load_templates(ROOT / "config" / "templates"), settings, wake=lambda: None)
     try:
         await run_job(runner, store, write_csv(tmp_path, 200))  # warm-up: imports, caches, compiled regexes
@@ -73,9 +72,9 @@ async def test_a_job_goes_on_after_the_store_was_unreachable_and_adds_each_row_o
 ) -> None:
     monkeypatch.setattr(jobs, "JOB_RETRY_SECONDS", (0.05, 0.1))
     settings = make_settings(tmp_path, 9, JOB_CHUNK_ROWS=10, JOB_MAX_QUEUED=0)
-    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    outbox = sqlite_outbox(tmp_path / "outbox.sqlite3")
     await outbox.open()
-    store = SqliteJobStore(outbox)
+    store = outbox.jobs
     add_chunk = store.add_chunk
     calls = 0
 
@@ -91,7 +90,7 @@ async def test_a_job_goes_on_after_the_store_was_unreachable_and_adds_each_row_o
     runner = JobRunner(store, load_templates(ROOT / "config" / "templates"), settings, wake=lambda: None)
     try:
         job = await run_job(runner, store, write_csv(tmp_path, 50))
-        stored = await outbox.page(status=None, limit=500, cursor=None)
+        stored = await outbox.notifications.page(status=None, limit=500, cursor=None)
     finally:
         await outbox.close()
 

@@ -11,96 +11,105 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.outbox import OutboxUnavailable, read_migrations
-from service.outbox.postgres import PostgresOutbox
-from service.outbox.sqlite import SqliteOutbox
-from tests.outbox.test_notifications import notification, replicas
-
-__all__ = ["replicas"]
+from service.domain import Status
+from service.outbox import Outbox, OutboxUnavailable, read_migrations
+from service.outbox.postgres import postgres_outbox
+from service.outbox.postgres.database import PostgresDatabase
+from service.outbox.postgres.notifications import PostgresNotificationStore
+from service.outbox.sqlite import sqlite_outbox
+from tests.outbox.backends import notification
 
 
 async def test_a_request_that_cannot_be_stored_fails_alone_not_those_committed_with_it(tmp_path: Path) -> None:
-    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    outbox = sqlite_outbox(tmp_path / "outbox.sqlite3")
     await outbox.open()
     try:
         good = notification()
         # A lone surrogate: no UTF-8 can store it (the API refuses it; the outbox must still contain the damage).
         bad = notification(subject="a\ud800b")
-        results = await asyncio.gather(outbox.add([good]), outbox.add([bad]), return_exceptions=True)
+        store = outbox.notifications
+        results = await asyncio.gather(store.add([good]), store.add([bad]), return_exceptions=True)
         assert results[0] is None
         assert isinstance(results[1], Exception)
-        assert await outbox.get(good.id) is not None
-        assert await outbox.get(bad.id) is None
+        assert await store.get(good.id) is not None
+        assert await store.get(bad.id) is None
     finally:
         await outbox.close()
 
 
 async def test_an_outcome_that_cannot_be_stored_fails_alone_not_the_writes_committed_with_it(tmp_path: Path) -> None:
     # Outcomes are group-committed with each other and with inserts: one bad write must not take the others down.
-    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    outbox = sqlite_outbox(tmp_path / "outbox.sqlite3")
     await outbox.open()
     try:
+        store = outbox.notifications
         first, second = notification(), notification()
-        await outbox.add([first, second])
-        assert len(await outbox.claim(2, time.time())) == 2
+        await store.add([first, second])
+        assert len(await store.claim(2, time.time())) == 2
         third = notification()
         now = time.time()
         results = await asyncio.gather(
-            outbox.mark_sent(first.id, smtp_reply="250 \ud800", refused=[], now=now, attempt=1),
-            outbox.mark_sent(second.id, smtp_reply="250 OK", refused=[], now=now, attempt=1),
-            outbox.add([third]),
+            store.mark_sent(first.id, smtp_reply="250 \ud800", refused=[], now=now, attempt=1),
+            store.mark_sent(second.id, smtp_reply="250 OK", refused=[], now=now, attempt=1),
+            store.add([third]),
             return_exceptions=True,
         )
         assert isinstance(results[0], Exception)
         assert results[1:] == [None, None]
-        assert [(await outbox.get(n.id)).status for n in (first, second, third)] == ["sending", "sent", "queued"]  # type: ignore[union-attr]
+        assert [(await store.get(n.id)).status for n in (first, second, third)] == [  # type: ignore[union-attr]
+            Status.SENDING,
+            Status.SENT,
+            Status.QUEUED,
+        ]
     finally:
         await outbox.close()
 
 
 async def test_a_write_waits_while_another_process_holds_the_lock_then_goes_in(tmp_path: Path) -> None:
     # The dispatcher's process writes to the same file: the HTTP process' commits wait for its lock, not fail.
-    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    outbox = sqlite_outbox(tmp_path / "outbox.sqlite3")
     await outbox.open()
     blocker = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")
-        waiting = asyncio.create_task(outbox.add([added := notification()]))
+        waiting = asyncio.create_task(outbox.notifications.add([added := notification()]))
         await asyncio.sleep(0.3)
         assert not waiting.done()
         blocker.execute("COMMIT")
         await asyncio.wait_for(waiting, timeout=5)
-        assert await outbox.get(added.id) is not None
+        assert await outbox.notifications.get(added.id) is not None
     finally:
         blocker.close()
         await outbox.close()
 
 
 async def test_adding_to_a_closed_outbox_fails_instead_of_waiting_forever(tmp_path: Path) -> None:
-    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    outbox = sqlite_outbox(tmp_path / "outbox.sqlite3")
     await outbox.open()
     await outbox.close()
 
     with pytest.raises(OutboxUnavailable):
-        await asyncio.wait_for(outbox.add([notification()]), timeout=5)
+        await asyncio.wait_for(outbox.notifications.add([notification()]), timeout=5)
 
 
 async def test_the_postgresql_readiness_probe_answers_in_time_when_the_pool_is_busy(postgres_url: str) -> None:
-    outbox = PostgresOutbox(postgres_url, lease_seconds=30, pool_size=1)
+    outbox = postgres_outbox(postgres_url, lease_seconds=30, pool_size=1)
     await outbox.open()
+    assert isinstance(outbox.database, PostgresDatabase)
     try:
-        async with outbox.connection():  # every pooled connection busy
+        async with outbox.database.connection():  # every pooled connection busy
             with pytest.raises(OutboxUnavailable):
                 # Bounded by the probe's own timeout (2 s); this outer one only keeps a regression from hanging.
-                await asyncio.wait_for(outbox.check_writable(), timeout=10)
+                await asyncio.wait_for(outbox.database.check_writable(), timeout=10)
     finally:
         await outbox.close()
 
 
 async def test_a_stale_outcome_cannot_land_on_a_newer_claim_after_a_requeue(
-    replicas: tuple[PostgresOutbox, PostgresOutbox],
+    replicas: tuple[Outbox, Outbox],
 ) -> None:
-    stalled, alive = replicas
+    stalled, alive = (outbox.notifications for outbox in replicas)
+    assert isinstance(stalled, PostgresNotificationStore)
     n = notification()
     await stalled.add([n])
     now = time.time()
@@ -116,7 +125,7 @@ async def test_a_stale_outcome_cannot_land_on_a_newer_claim_after_a_requeue(
 
     row = await alive.get(n.id)
     assert row is not None
-    assert (row.status, row.smtp_reply) == ("sending", None)
+    assert (row.status, row.smtp_reply) == (Status.SENDING, None)
 
 
 async def test_migration_0003_counts_rows_an_older_replica_commits_during_the_upgrade(postgres_url: str) -> None:
@@ -149,9 +158,9 @@ async def test_migration_0003_counts_rows_an_older_replica_commits_during_the_up
 
 
 async def test_a_sqlite_outbox_is_owned_by_one_process_at_a_time(tmp_path: Path) -> None:
-    first = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    first = sqlite_outbox(tmp_path / "outbox.sqlite3")
     await first.open()
-    second = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    second = sqlite_outbox(tmp_path / "outbox.sqlite3")
     try:
         # A second owner would put the first one's live claims back in the queue at its start.
         with pytest.raises(OutboxUnavailable, match="in use by another process"):
@@ -159,7 +168,7 @@ async def test_a_sqlite_outbox_is_owned_by_one_process_at_a_time(tmp_path: Path)
     finally:
         await first.close()
 
-    third = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    third = sqlite_outbox(tmp_path / "outbox.sqlite3")
     await third.open()
     await third.close()
 
@@ -179,7 +188,7 @@ def _open_files_under(folder: Path) -> list[str]:
 async def test_an_outbox_that_fails_to_open_leaves_nothing_open(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite3"
     path.write_bytes(b"this is not a SQLite database, it is a text file that happens to be here" * 100)
-    outbox = SqliteOutbox(path)
+    outbox = sqlite_outbox(path)
     with pytest.raises(OutboxUnavailable, match="not a database"):
         await outbox.open()
     # Neither the database file nor its lock: a supervisor that retries the start leaks nothing per try.

@@ -1,5 +1,6 @@
-"""Idempotency-Keys and the queue limit in the outbox, on both backends: a key and its notifications are
-stored in one transaction or not at all, and replicas sharing a database cannot both take one key."""
+"""The idempotency store's contract and the queue limit, on both backends: a key and its notifications are
+stored in one transaction (the notification store's add) or not at all, and replicas sharing a database cannot
+both take one key."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ import time
 import pytest
 
 from service.outbox import IdempotencyKeyTaken, IdempotencyRecord, Outbox, QueueFull
-from service.outbox.postgres import PostgresOutbox
-from tests.outbox.test_notifications import Backend, backend, notification, outbox, replicas
-
-__all__ = ["backend", "outbox", "replicas"]  # fixtures
+from service.outbox.postgres import postgres_outbox
+from tests.outbox.backends import Backend, notification
 
 
 def record(key: str, ttl: float = 60) -> IdempotencyRecord:
@@ -30,57 +29,59 @@ def record(key: str, ttl: float = 60) -> IdempotencyRecord:
 
 
 async def test_a_taken_key_adds_no_notification_and_others_at_the_same_time_go_in(outbox: Outbox) -> None:
-    await outbox.add([notification()], idempotency=record("k"))
+    notifications, idempotency = outbox.notifications, outbox.idempotency
+    await notifications.add([notification()], idempotency=record("k"))
     results = await asyncio.gather(
-        outbox.add([notification()], idempotency=record("k")),
-        outbox.add([notification()], idempotency=record("other")),
+        notifications.add([notification()], idempotency=record("k")),
+        notifications.add([notification()], idempotency=record("other")),
         return_exceptions=True,
     )
     assert isinstance(results[0], IdempotencyKeyTaken)
     assert results[1] is None
-    assert await outbox.count_unsent() == 2
-    stored = await outbox.get_idempotency("", "k", time.time())
+    assert await notifications.count_unsent() == 2
+    stored = await idempotency.get("", "k", time.time())
     assert stored is not None
     assert (stored.body, stored.headers, stored.status_code) == (
         b'{"id": "x"}',
         {"Location": "/v1/notifications/x"},
         202,
     )
-    assert await outbox.get_idempotency("", "k", time.time() + 120) is None
+    assert await idempotency.get("", "k", time.time() + 120) is None
     # An expired key may be used again.
-    await outbox.add([notification()], idempotency=record("gone", ttl=-1))
-    await outbox.add([notification()], idempotency=record("gone"))
-    assert await outbox.count_unsent() == 4
+    await notifications.add([notification()], idempotency=record("gone", ttl=-1))
+    await notifications.add([notification()], idempotency=record("gone"))
+    assert await notifications.count_unsent() == 4
 
 
 async def test_a_failed_commit_stores_neither_key_nor_notification(outbox: Outbox) -> None:
     existing, fresh = notification(), notification()
-    await outbox.add([existing])
+    await outbox.notifications.add([existing])
     # A second row with the same id breaks the transaction after the key's row was written in it.
     with pytest.raises(Exception, match=r"(?i)unique"):
-        await outbox.add([fresh, existing], idempotency=record("k"))
-    assert await outbox.get_idempotency("", "k", time.time()) is None
-    assert await outbox.get(fresh.id) is None
-    assert await outbox.count_unsent() == 1
+        await outbox.notifications.add([fresh, existing], idempotency=record("k"))
+    assert await outbox.idempotency.get("", "k", time.time()) is None
+    assert await outbox.notifications.get(fresh.id) is None
+    assert await outbox.notifications.count_unsent() == 1
 
 
 async def test_expired_keys_are_swept(outbox: Outbox) -> None:
-    await outbox.add([notification()], idempotency=record("old", ttl=-1))
-    await outbox.add([notification()], idempotency=record("live"))
-    assert await outbox.sweep_idempotency(time.time()) == 1
-    assert await outbox.sweep_idempotency(time.time()) == 0
-    assert await outbox.get_idempotency("", "live", time.time()) is not None
+    await outbox.notifications.add([notification()], idempotency=record("old", ttl=-1))
+    await outbox.notifications.add([notification()], idempotency=record("live"))
+    assert await outbox.idempotency.sweep(time.time()) == 1
+    assert await outbox.idempotency.sweep(time.time()) == 0
+    assert await outbox.idempotency.get("", "live", time.time()) is not None
 
 
 async def test_queue_full_adds_nothing_and_stores_no_key(backend: Backend) -> None:
-    store = backend.make(queue_limit=3)
-    await store.open()
+    opened = backend.make(queue_limit=3)
+    await opened.open()
+    store = opened.notifications
     try:
         await store.add([notification(), notification()])
         with pytest.raises(QueueFull) as refused:
             await store.add([notification(), notification()], idempotency=record("k"))
         assert (refused.value.unsent, refused.value.limit, refused.value.adding) == (2, 3, 2)
-        assert await store.get_idempotency("", "k", time.time()) is None
+        assert await opened.idempotency.get("", "k", time.time()) is None
         assert await store.count_unsent() == 2
         # Sent mail leaves the queue and makes room.
         [claimed, _] = await store.claim(2, time.time())
@@ -90,11 +91,11 @@ async def test_queue_full_adds_nothing_and_stores_no_key(backend: Backend) -> No
         await store.add([notification(), notification()])
         assert await store.count_unsent() == 3
     finally:
-        await store.close()
+        await opened.close()
 
 
-async def test_replicas_racing_for_one_key_store_it_once(replicas: tuple[PostgresOutbox, PostgresOutbox]) -> None:
-    first, second = replicas
+async def test_replicas_racing_for_one_key_store_it_once(replicas: tuple[Outbox, Outbox]) -> None:
+    first, second = (outbox.notifications for outbox in replicas)
     for round_ in range(20):
         results = await asyncio.gather(
             first.add([notification()], idempotency=record(f"k{round_}")),
@@ -106,16 +107,16 @@ async def test_replicas_racing_for_one_key_store_it_once(replicas: tuple[Postgre
 
 
 async def test_the_queue_limit_counts_every_replicas_mail(postgres_url: str) -> None:
-    first = PostgresOutbox(postgres_url, lease_seconds=300, pool_size=2, queue_limit=5)
-    second = PostgresOutbox(postgres_url, lease_seconds=300, pool_size=2, queue_limit=5)
+    first = postgres_outbox(postgres_url, lease_seconds=300, pool_size=2, queue_limit=5)
+    second = postgres_outbox(postgres_url, lease_seconds=300, pool_size=2, queue_limit=5)
     await first.open()
     await second.open()
     try:
-        await first.add([notification() for _ in range(4)])
+        await first.notifications.add([notification() for _ in range(4)])
         with pytest.raises(QueueFull):
-            await second.add([notification(), notification()])
-        await second.add([notification()])
-        assert await first.count_unsent() == 5
+            await second.notifications.add([notification(), notification()])
+        await second.notifications.add([notification()])
+        assert await first.notifications.count_unsent() == 5
     finally:
         await first.close()
         await second.close()

@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 
 from service.outbox import Outbox
-from service.outbox.jobs import DONE, RUNNING, Job, JobTaken, RowError, open_job_store
-from service.outbox.postgres import PostgresOutbox
-from service.outbox.postgres_jobs import PostgresJobStore
-from tests.outbox.test_notifications import backend, notification, outbox, replicas
-
-__all__ = ["backend", "outbox", "replicas"]  # fixtures
+from service.outbox.jobs import DONE, RUNNING, Job, JobTaken, RowError
+from tests.outbox.backends import another_job_store, notification
 
 
 def new_job(tmp_path: Path) -> Job:
@@ -25,7 +21,7 @@ def new_job(tmp_path: Path) -> Job:
 
 
 async def test_a_chunk_stores_its_mail_errors_and_progress_together(tmp_path: Path, outbox: Outbox) -> None:
-    store = open_job_store(outbox)
+    store = outbox.jobs
     job = new_job(tmp_path)
     await store.create(job)
     await store.set_total(job.id, 5)
@@ -48,15 +44,15 @@ async def test_a_chunk_stores_its_mail_errors_and_progress_together(tmp_path: Pa
     assert await store.errors_after(job.id, 3, 10) == [RowError(6, None, "no email")]
     assert await store.waiting(job.id) == 3
     # A job's mail waits in the same queue as the rest: the queue limit counts it.
-    assert await outbox.count_unsent() == 3
+    assert await outbox.notifications.count_unsent() == 3
     # After a restart (the store closed, a new one opened), the job is resumed.
     await store.close()
-    store = open_job_store(outbox)
+    store = another_job_store(outbox)
     assert [j.id for j in await store.running()] == [job.id]
 
-    [first, *_] = await outbox.claim(3, time.time())
-    await outbox.mark_sent(first.id, smtp_reply="250 ok", refused=[], now=time.time())
-    assert await outbox.count_unsent() == 2
+    [first, *_] = await outbox.notifications.claim(3, time.time())
+    await outbox.notifications.mark_sent(first.id, smtp_reply="250 ok", refused=[], now=time.time())
+    assert await outbox.notifications.count_unsent() == 2
     assert await store.waiting(job.id) == 2
 
     await store.finish(job.id, status=DONE, reason=None, now=time.time())
@@ -68,10 +64,8 @@ async def test_a_chunk_stores_its_mail_errors_and_progress_together(tmp_path: Pa
     await store.close()
 
 
-async def test_a_job_is_resumed_by_one_replica_only(
-    tmp_path: Path, replicas: tuple[PostgresOutbox, PostgresOutbox]
-) -> None:
-    first, second = (PostgresJobStore(outbox) for outbox in replicas)
+async def test_a_job_is_resumed_by_one_replica_only(tmp_path: Path, replicas: tuple[Outbox, Outbox]) -> None:
+    first, second = (outbox.jobs for outbox in replicas)
     try:
         running = new_job(tmp_path)
         await first.create(running)
@@ -92,7 +86,7 @@ async def test_a_job_is_resumed_by_one_replica_only(
 async def test_two_runners_of_one_job_never_both_store_a_chunk(tmp_path: Path, outbox: Outbox) -> None:
     # A replica that lost its hold on a job (its lock connection dropped) and the one that took it over both
     # start from the same progress: the first chunk stored wins, the other runner writes nothing and stops.
-    store = open_job_store(outbox)
+    store = outbox.jobs
     job = new_job(tmp_path)
     await store.create(job)
     created = await store.get(job.id)
@@ -106,5 +100,4 @@ async def test_two_runners_of_one_job_never_both_store_a_chunk(tmp_path: Path, o
     stored = await store.get(job.id)
     assert stored is not None
     assert (stored.rows_done, stored.accepted, stored.rejected) == (start + 1, 1, 0)
-    assert await outbox.count_unsent() == 1
-    await store.close()
+    assert await outbox.notifications.count_unsent() == 1

@@ -12,7 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from service.config import Settings
-from service.http.deps import DispatcherDep, IdempotencyDep, OutboxDep, SettingsDep, TemplatesDep
+from service.domain import Status
+from service.http.deps import DispatcherDep, IdempotencyDep, NotificationStoreDep, SettingsDep, TemplatesDep
 from service.http.errors import json_safe
 from service.http.idempotency import (
     ACCEPTING_RESPONSES,
@@ -76,7 +77,7 @@ async def create_batch(
     batch: BatchRequest,
     request: Request,
     background: BackgroundTasks,
-    outbox: OutboxDep,
+    outbox: NotificationStoreDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
     templates: TemplatesDep,
@@ -103,7 +104,7 @@ async def create_batch(
         answer = (
             BatchResponse(
                 items=[
-                    BatchItem(id=result.id, status="queued")
+                    BatchItem(id=result.id, status=Status.QUEUED)
                     if isinstance(result, Notification)
                     else BatchItem(error=result)
                     for result in results

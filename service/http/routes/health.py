@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.http.deps import DispatcherDep, OutboxDep, SmtpProbeDep
+from service.http.deps import DatabaseDep, DispatcherDep, SmtpProbeDep
 from service.http.schemas import Readiness, ReadinessChecks
 from service.outbox import OutboxUnavailable
 
@@ -24,12 +24,12 @@ async def live() -> dict[str, str]:
     summary="pass: ready; warn: SMTP unreachable or the dispatcher down, mail is accepted and waits;"
     " fail: outbox unwritable",
 )
-async def ready(outbox: OutboxDep, smtp_probe: SmtpProbeDep, dispatcher: DispatcherDep) -> JSONResponse:
+async def ready(database: DatabaseDep, smtp_probe: SmtpProbeDep, dispatcher: DispatcherDep) -> JSONResponse:
     schema_version = None
     try:
-        await outbox.check_writable()
+        await database.check_writable()
         outbox_check = "pass"
-        schema_version = await outbox.schema_version()
+        schema_version = await database.schema_version()
     except OutboxUnavailable:
         outbox_check = "fail"
     smtp_check = "pass" if await smtp_probe.check() else "fail"

@@ -35,7 +35,7 @@ FORM_FIELD_MAX_BYTES = 1024
 
 
 async def get_job_store(request: Request) -> JobStore:
-    store: JobStore = request.app.state.job_store
+    store: JobStore = request.app.state.outbox.jobs
     return store
 
 

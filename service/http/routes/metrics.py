@@ -8,7 +8,7 @@ import structlog
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from service.http.deps import MetricsDep, OutboxDep
+from service.http.deps import MetricsDep, StatsStoreDep
 from service.outbox import OutboxUnavailable
 
 log = structlog.get_logger("service.metrics")
@@ -22,10 +22,10 @@ router = APIRouter(tags=["monitoring"])
     responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "Prometheus text format"}},
     summary="Prometheus metrics of this process, and of the outbox it shares with other replicas",
 )
-async def scrape(metrics: MetricsDep, outbox: OutboxDep) -> Response:
+async def scrape(metrics: MetricsDep, stats: StatsStoreDep) -> Response:
     try:
         # Read at scrape time: kept counts and one index lookup, whatever the size of the outbox.
-        metrics.set_queue_gauges(await outbox.queue_gauges(), time.time())
+        metrics.set_queue_gauges(await stats.queue_gauges(), time.time())
     except OutboxUnavailable as exc:
         # The process' own metrics are still worth serving; the outbox gauges keep their last values.
         log.warning("metrics_outbox_unreadable", error=str(exc))

@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from service.config import Settings
 from service.delivery.mime import addr_spec
 from service.delivery.process import AnyDispatcher
-from service.http.deps import Accepting, DispatcherDep, OutboxDep
+from service.domain import Status
+from service.http.deps import Accepting, DispatcherDep, NotificationStoreDep
 from service.http.idempotency import (
     ACCEPTING_RESPONSES,
     REPLAYED_HEADER,
@@ -24,9 +25,9 @@ from service.http.idempotency import (
     taken_elsewhere,
 )
 from service.http.routes.templates import render_request
-from service.http.schemas import NotificationPage, NotificationStatus, Status
+from service.http.schemas import NotificationPage, NotificationStatus, RefusedRecipient, StatusField
 from service.intake.request import NotificationRequest
-from service.outbox import IdempotencyKeyTaken, IdempotencyRecord, Notification, Outbox
+from service.outbox import IdempotencyKeyTaken, IdempotencyRecord, Notification, NotificationStore
 
 log = structlog.get_logger("service.http.routes")
 
@@ -50,10 +51,10 @@ def to_status(n: Notification) -> NotificationStatus:
         created_at=datetime.fromtimestamp(n.created_at, UTC),
         updated_at=datetime.fromtimestamp(n.updated_at or n.created_at, UTC),
         sent_at=_time(n.sent_at),
-        next_attempt_at=_time(n.next_attempt_at) if n.status == "queued" else None,
+        next_attempt_at=_time(n.next_attempt_at) if n.status == Status.QUEUED else None,
         message_id=n.message_id,
         smtp_reply=n.smtp_reply,
-        refused_recipients=n.refused_recipients,
+        refused_recipients=[RefusedRecipient(**r.to_json()) for r in n.refused_recipients],
         request_id=n.request_id,
         metadata=n.metadata,
     )
@@ -99,7 +100,7 @@ def new_notification(request: NotificationRequest, settings: Settings, request_i
 
 async def accept(
     notification: Notification,
-    outbox: Outbox,
+    outbox: NotificationStore,
     dispatcher: AnyDispatcher,
     background: BackgroundTasks,
     *,
@@ -162,12 +163,12 @@ async def create_notification(
 
 @router.get("", response_model=NotificationPage, summary="List notifications, newest first")
 async def list_notifications(
-    outbox: OutboxDep,
-    status_: Annotated[Status | None, Query(alias="status")] = None,
+    outbox: NotificationStoreDep,
+    status_: Annotated[StatusField | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> NotificationPage:
-    page = await outbox.page(status=status_, limit=limit, cursor=cursor)
+    page = await outbox.page(status=None if status_ is None else Status(status_), limit=limit, cursor=cursor)
     return NotificationPage(items=[to_status(n) for n in page.items], next_cursor=page.next_cursor)
 
 
@@ -177,7 +178,7 @@ async def list_notifications(
     responses={404: {"description": "No such notification"}},
     summary="One notification's status",
 )
-async def get_notification(notification_id: str, outbox: OutboxDep) -> NotificationStatus:
+async def get_notification(notification_id: str, outbox: NotificationStoreDep) -> NotificationStatus:
     notification = await outbox.get(notification_id)
     if notification is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no notification with id {notification_id!r}")
@@ -192,7 +193,7 @@ async def get_notification(notification_id: str, outbox: OutboxDep) -> Notificat
     summary="Queue a failed notification again, its attempts reset",
 )
 async def retry_notification(
-    notification_id: str, outbox: OutboxDep, dispatcher: DispatcherDep, background: BackgroundTasks
+    notification_id: str, outbox: NotificationStoreDep, dispatcher: DispatcherDep, background: BackgroundTasks
 ) -> NotificationStatus:
     notification = await outbox.requeue_failed(notification_id, time.time())
     if notification is None:

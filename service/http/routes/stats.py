@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.http.deps import OutboxDep
+from service.http.deps import StatsStoreDep
 from service.http.schemas import QueueStats, RecentError, SentInMinute, StatusCounts
 
 router = APIRouter(prefix="/v1/stats", tags=["monitoring"])
@@ -24,16 +24,16 @@ def _utc(value: float) -> datetime:
 
 @router.get("", response_model=QueueStats, summary="Counts per status, queue age, sends per minute, last errors")
 async def stats(
-    outbox: OutboxDep,
+    store: StatsStoreDep,
     minutes: Annotated[int, Query(ge=1, le=60, description="How many one-minute buckets of sends")] = 15,
     errors: Annotated[int, Query(ge=0, le=100, description="How many of the latest errors")] = 10,
 ) -> QueueStats:
     now = time.time()
-    found = await outbox.queue_stats(now, minutes=minutes, errors=errors)
+    found = await store.queue_stats(now, minutes=minutes, errors=errors)
     oldest = found.gauges.oldest_queued_at
     return QueueStats(
         generated_at=_utc(now),
-        counts=StatusCounts(**found.gauges.counts),
+        counts=StatusCounts(**{status.value: count for status, count in found.gauges.counts.items()}),
         oldest_queued_age_seconds=None if oldest is None else round(max(0.0, now - oldest), 3),
         sent_per_minute=[SentInMinute(minute=_utc(start), sent=sent) for start, sent in found.sent_per_minute],
         recent_errors=[

@@ -8,7 +8,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, BackgroundTasks, Path, Request
 
-from service.http.deps import DispatcherDep, OutboxDep, SettingsDep
+from service.http.deps import DispatcherDep, NotificationStoreDep, SettingsDep
 from service.http.routes.notifications import accept, new_notification
 from service.http.schemas import Message
 from service.intake.request import EmailAddress, NotificationRequest
@@ -30,7 +30,7 @@ async def send_notification(
     email: PathEmail,
     request: Request,
     background_tasks: BackgroundTasks,
-    outbox: OutboxDep,
+    outbox: NotificationStoreDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
 ) -> Message:
@@ -47,7 +47,7 @@ async def send_email(
     to_email: PathEmail,
     request: Request,
     background_tasks: BackgroundTasks,
-    outbox: OutboxDep,
+    outbox: NotificationStoreDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
 ) -> Message:

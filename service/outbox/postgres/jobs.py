@@ -15,9 +15,12 @@ from pathlib import Path
 
 import asyncpg
 
-from service.outbox import FAILED, QUEUED, SENDING, SENT, Notification, OutboxUnavailable
+from service.domain import Status
+from service.outbox.errors import OutboxUnavailable
 from service.outbox.jobs import RUNNING, Job, JobStore, JobTaken, RowError
-from service.outbox.postgres import PostgresOutbox, redact
+from service.outbox.notifications import Notification
+from service.outbox.postgres.database import PostgresDatabase, redact
+from service.outbox.postgres.notifications import insert_notifications
 
 # The first half of a job lock's key (pg_advisory_lock(int, int)); the second is hashtext(job id).
 JOB_LOCK_CLASS = 0x6A6F62  # "job"
@@ -33,8 +36,8 @@ def _job(row: asyncpg.Record) -> Job:
 
 
 class PostgresJobStore(JobStore):
-    def __init__(self, outbox: PostgresOutbox) -> None:
-        self.outbox = outbox
+    def __init__(self, database: PostgresDatabase) -> None:
+        self.database = database
         # Holds the advisory locks of the jobs this replica runs; they last as long as this connection.
         self._locks: asyncpg.Connection | None = None
         self._locks_guard = asyncio.Lock()
@@ -50,12 +53,12 @@ class PostgresJobStore(JobStore):
                 return False
             try:
                 if self._locks is None or self._locks.is_closed():
-                    self._locks = await asyncpg.connect(self.outbox.url)
+                    self._locks = await asyncpg.connect(self.database.url)
                 taken = await self._locks.fetchval(
                     "SELECT pg_try_advisory_lock($1, hashtext($2))", JOB_LOCK_CLASS, job_id
                 )
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                raise OutboxUnavailable(f"outbox {redact(self.outbox.url)}: {exc}") from exc
+                raise OutboxUnavailable(f"outbox {redact(self.database.url)}: {exc}") from exc
             if taken:
                 self._held.add(job_id)
             return bool(taken)
@@ -76,7 +79,7 @@ class PostgresJobStore(JobStore):
                 self._locks = None
 
     async def create(self, job: Job) -> None:
-        async with self.outbox.connection() as conn:
+        async with self.database.connection() as conn:
             await conn.execute(
                 f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 job.id,
@@ -95,7 +98,7 @@ class PostgresJobStore(JobStore):
         await self._lock(job.id)
 
     async def get(self, job_id: str, *, errors: int = 100) -> Job | None:
-        async with self.outbox.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self.database.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             row = await conn.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
             if row is None:
                 return None
@@ -109,14 +112,14 @@ class PostgresJobStore(JobStore):
             error_rows = await conn.fetch(
                 "SELECT row, email, reason FROM job_errors WHERE job_id = $1 ORDER BY row LIMIT $2", job_id, errors
             )
-        job.queued = counts.get(QUEUED, 0) + counts.get(SENDING, 0)
-        job.sent = counts.get(SENT, 0)
-        job.failed = counts.get(FAILED, 0)
+        job.queued = counts.get(Status.QUEUED, 0) + counts.get(Status.SENDING, 0)
+        job.sent = counts.get(Status.SENT, 0)
+        job.failed = counts.get(Status.FAILED, 0)
         job.errors = [RowError(r["row"], r["email"], r["reason"]) for r in error_rows]
         return job
 
     async def running(self) -> list[Job]:
-        async with self.outbox.connection() as conn:
+        async with self.database.connection() as conn:
             rows = await conn.fetch(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = $1 ORDER BY created_at", RUNNING)
         mine = []
         for job in map(_job, rows):
@@ -126,18 +129,18 @@ class PostgresJobStore(JobStore):
         return mine
 
     async def waiting(self, job_id: str) -> int:
-        async with self.outbox.connection() as conn:
+        async with self.database.connection() as conn:
             return int(
                 await conn.fetchval(
                     "SELECT count(*) FROM notifications WHERE job_id = $1 AND status IN ($2, $3)",
                     job_id,
-                    QUEUED,
-                    SENDING,
+                    Status.QUEUED,
+                    Status.SENDING,
                 )
             )
 
     async def set_total(self, job_id: str, total_rows: int) -> None:
-        async with self.outbox.connection() as conn:
+        async with self.database.connection() as conn:
             await conn.execute("UPDATE jobs SET total_rows = $1 WHERE id = $2", total_rows, job_id)
 
     async def add_chunk(
@@ -149,7 +152,7 @@ class PostgresJobStore(JobStore):
         *,
         after_row: int | None = None,
     ) -> None:
-        async with self.outbox.connection() as conn, conn.transaction():
+        async with self.database.connection() as conn, conn.transaction():
             if after_row is not None:
                 # The row lock taken here also orders two runners racing for the same chunk: the second waits,
                 # then sees the first one's progress and writes nothing. (The advisory lock that keeps a job on
@@ -158,7 +161,7 @@ class PostgresJobStore(JobStore):
                 if progress is None or (progress["rows_done"], progress["status"]) != (after_row, "running"):
                     raise JobTaken(job_id)
             if notifications:
-                await self.outbox.insert_notifications(conn, notifications, job_id=job_id)
+                await insert_notifications(conn, notifications, job_id=job_id)
             if errors:
                 await conn.executemany(
                     "INSERT INTO job_errors (job_id, row, email, reason) VALUES ($1, $2, $3, $4)",
@@ -173,14 +176,14 @@ class PostgresJobStore(JobStore):
             )
 
     async def finish(self, job_id: str, *, status: str, reason: str | None, now: float) -> None:
-        async with self.outbox.connection() as conn:
+        async with self.database.connection() as conn:
             await conn.execute(
                 "UPDATE jobs SET status = $1, reason = $2, finished_at = $3 WHERE id = $4", status, reason, now, job_id
             )
         await self._unlock(job_id)
 
     async def errors_after(self, job_id: str, row: int, limit: int) -> list[RowError]:
-        async with self.outbox.connection() as conn:
+        async with self.database.connection() as conn:
             rows = await conn.fetch(
                 "SELECT row, email, reason FROM job_errors WHERE job_id = $1 AND row > $2 ORDER BY row LIMIT $3",
                 job_id,

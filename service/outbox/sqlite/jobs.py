@@ -1,4 +1,5 @@
-"""The job store in the SQLite outbox's file: it runs on the outbox's thread, through its read() and write().
+"""The job store in the SQLite outbox's file: it runs on the file's thread, through the database's read() and
+write().
 
 One process owns the file, so every `running` job is this process's to resume.
 """
@@ -8,9 +9,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from service.outbox import FAILED, QUEUED, SENDING, SENT, Notification
+from service.domain import Status
 from service.outbox.jobs import RUNNING, Job, JobStore, JobTaken, RowError
-from service.outbox.sqlite import SqliteOutbox
+from service.outbox.notifications import Notification
+from service.outbox.sqlite.database import SqliteDatabase
+from service.outbox.sqlite.notifications import insert_notifications
 
 _JOB_COLUMNS = (
     "id, status, template, csv_path, request_id, total_rows, rows_done, accepted, rejected, reason,"
@@ -23,8 +26,8 @@ def _job(row: sqlite3.Row) -> Job:
 
 
 class SqliteJobStore(JobStore):
-    def __init__(self, outbox: SqliteOutbox) -> None:
-        self.outbox = outbox
+    def __init__(self, database: SqliteDatabase) -> None:
+        self.database = database
 
     async def create(self, job: Job) -> None:
         def create(db: sqlite3.Connection) -> None:
@@ -48,7 +51,7 @@ class SqliteJobStore(JobStore):
                 },
             )
 
-        await self.outbox.write(create)
+        await self.database.write(create)
 
     async def get(self, job_id: str, *, errors: int = 100) -> Job | None:
         def get(db: sqlite3.Connection) -> Job | None:
@@ -61,9 +64,9 @@ class SqliteJobStore(JobStore):
                     "SELECT status, count(*) FROM notifications WHERE job_id = ? GROUP BY status", (job_id,)
                 ).fetchall()
             )
-            job.queued = counts.get(QUEUED, 0) + counts.get(SENDING, 0)
-            job.sent = counts.get(SENT, 0)
-            job.failed = counts.get(FAILED, 0)
+            job.queued = counts.get(Status.QUEUED, 0) + counts.get(Status.SENDING, 0)
+            job.sent = counts.get(Status.SENT, 0)
+            job.failed = counts.get(Status.FAILED, 0)
             job.errors = [
                 RowError(r["row"], r["email"], r["reason"])
                 for r in db.execute(
@@ -72,26 +75,27 @@ class SqliteJobStore(JobStore):
             ]
             return job
 
-        return await self.outbox.read(get)
+        return await self.database.read(get)
 
     async def running(self) -> list[Job]:
         def running(db: sqlite3.Connection) -> list[Job]:
             rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY created_at", (RUNNING,))
             return [_job(row) for row in rows]
 
-        return await self.outbox.read(running)
+        return await self.database.read(running)
 
     async def waiting(self, job_id: str) -> int:
         def waiting(db: sqlite3.Connection) -> int:
             row = db.execute(
-                "SELECT count(*) FROM notifications WHERE job_id = ? AND status IN (?, ?)", (job_id, QUEUED, SENDING)
+                "SELECT count(*) FROM notifications WHERE job_id = ? AND status IN (?, ?)",
+                (job_id, Status.QUEUED, Status.SENDING),
             ).fetchone()
             return int(row[0])
 
-        return await self.outbox.read(waiting)
+        return await self.database.read(waiting)
 
     async def set_total(self, job_id: str, total_rows: int) -> None:
-        await self.outbox.write(
+        await self.database.write(
             lambda db: db.execute("UPDATE jobs SET total_rows = ? WHERE id = ?", (total_rows, job_id))
         )
 
@@ -109,7 +113,7 @@ class SqliteJobStore(JobStore):
                 progress = db.execute("SELECT rows_done, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 if progress is None or tuple(progress) != (after_row, "running"):
                     raise JobTaken(job_id)
-            self.outbox.insert_notifications(db, notifications, job_id=job_id)
+            insert_notifications(db, notifications, job_id=job_id)
             db.executemany(
                 "INSERT INTO job_errors (job_id, row, email, reason) VALUES (?, ?, ?, ?)",
                 [(job_id, e.row, e.email, e.reason) for e in errors],
@@ -119,10 +123,10 @@ class SqliteJobStore(JobStore):
                 (rows_done, len(notifications), len(errors), job_id),
             )
 
-        await self.outbox.write(add_chunk)
+        await self.database.write(add_chunk)
 
     async def finish(self, job_id: str, *, status: str, reason: str | None, now: float) -> None:
-        await self.outbox.write(
+        await self.database.write(
             lambda db: db.execute(
                 "UPDATE jobs SET status = ?, reason = ?, finished_at = ? WHERE id = ?", (status, reason, now, job_id)
             )
@@ -138,4 +142,4 @@ class SqliteJobStore(JobStore):
                 )
             ]
 
-        return await self.outbox.read(errors_after)
+        return await self.database.read(errors_after)

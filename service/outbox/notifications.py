@@ -1,0 +1,147 @@
+"""The notification store: a notification from its 202 until it is sent or failed, and the dispatcher's claims.
+
+Every method that returns has made its change durable.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from service.domain import Refusal, Status
+from service.outbox.idempotency import IdempotencyRecord
+
+
+@dataclass(slots=True)
+class Notification:
+    """One notification as the outbox stores it: the mail's content and its delivery state."""
+
+    id: str
+    to: list[str]
+    subject: str
+    message_id: str
+    created_at: float
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    reply_to: str | None = None
+    text: str | None = None
+    html: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    request_id: str | None = None
+    status: Status = Status.QUEUED
+    attempts: int = 0
+    last_error: str | None = None
+    smtp_reply: str | None = None
+    refused_recipients: list[Refusal] = field(default_factory=list)
+    updated_at: float = 0.0
+    sent_at: float | None = None
+    next_attempt_at: float = 0.0
+    # When set, the SMTP envelope's recipients instead of to + cc + bcc: what is left to send after a server
+    # took the mail for some recipients and refused others with a 4xx (the headers still name everyone).
+    envelope: list[str] | None = None
+    # Position in the outbox, assigned on insert: orders listings and makes cursors.
+    seq: int | None = None
+
+    @property
+    def recipients(self) -> list[str]:
+        return [*self.to, *self.cc, *self.bcc]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Notification]
+    next_cursor: str | None
+
+
+class NotificationStore(abc.ABC):
+    """What the routes and the dispatcher do with notifications; SQL lives in the implementations."""
+
+    @abc.abstractmethod
+    async def add(self, notifications: Sequence[Notification], *, idempotency: IdempotencyRecord | None = None) -> None:
+        """Store new notifications (`queued`, due now) in one transaction; returns once they are on disk.
+
+        With `idempotency`, the key's record is committed in the same transaction, so neither exists without
+        the other. Raises QueueFull (nothing added) when the queue limit would be passed, and
+        IdempotencyKeyTaken (nothing added) when the key is already stored and not expired.
+        """
+
+    @abc.abstractmethod
+    async def count_unsent(self) -> int:
+        """Notifications `queued` or `sending`: cheap enough to ask on every request (no table scan)."""
+
+    @abc.abstractmethod
+    async def get(self, notification_id: str) -> Notification | None: ...
+
+    @abc.abstractmethod
+    async def page(self, *, status: Status | None, limit: int, cursor: str | None) -> Page:
+        """Notifications newest first; `cursor` is the `next_cursor` of the previous page."""
+
+    @abc.abstractmethod
+    async def recover(self) -> int:
+        """At start: put back to `queued` what a previous process left `sending`. Returns how many."""
+
+    @abc.abstractmethod
+    async def claim(self, limit: int, now: float) -> list[Notification]:
+        """Take up to `limit` due `queued` notifications, oldest due first: `sending`, one attempt more."""
+
+    @abc.abstractmethod
+    async def release(self, notification_ids: Sequence[str]) -> None:
+        """Give back claimed notifications that were never tried: `queued`, the attempt not counted."""
+
+    # The outcome writes take the claim's `attempt` (its attempts number): given, the write only lands while the
+    # row is still `sending` under that claim, so a claimer whose claim was taken over (a lease that ran out)
+    # cannot overwrite the newer claim's outcome.
+
+    @abc.abstractmethod
+    async def mark_sent(
+        self,
+        notification_id: str,
+        *,
+        smtp_reply: str,
+        refused: Sequence[Refusal],
+        now: float,
+        attempt: int | None = None,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def mark_retry(
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        next_attempt_at: float,
+        now: float,
+        attempt: int | None = None,
+        envelope: list[str] | None = None,
+        refused: Sequence[Refusal] | None = None,
+    ) -> None:
+        """A transient failure: back to `queued`, due again at `next_attempt_at`. With `envelope`, only those
+        recipients are tried again (the others already have the mail); `refused` replaces the recorded list."""
+
+    @abc.abstractmethod
+    async def mark_failed(
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        refused: Sequence[Refusal],
+        now: float,
+        attempt: int | None = None,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
+        """A `failed` notification back to `queued` with its attempts reset; None unless it was `failed`."""
+
+    @abc.abstractmethod
+    async def next_due_at(self) -> float | None:
+        """When the earliest `queued` notification is due, or None when nothing waits."""
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (on the event loop) when another process may have added due work.
+
+        A store only one process writes needs nothing here (the default); a shared one (PostgreSQL) calls it
+        on every insert by any replica. Best effort: the dispatcher's slow poll covers a missed wake-up.
+        """
+        return None

@@ -1,0 +1,249 @@
+"""The PostgreSQL notification store: replicas claim due notifications with `FOR UPDATE SKIP LOCKED`, so two
+never take the same row, and every claim carries a lease: a replica that dies holding claims loses them when
+the lease runs out, and another replica claims them again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+from service.domain import Refusal, Status
+from service.outbox.errors import IdempotencyKeyTaken, QueueFull
+from service.outbox.idempotency import IdempotencyRecord
+from service.outbox.notifications import Notification, NotificationStore, Page
+from service.outbox.postgres.database import CHANNEL, PostgresDatabase
+from service.outbox.postgres.idempotency import insert_record
+from service.outbox.rows import content_json, notification_from_row, refused_json
+
+COLUMNS = (
+    "seq, id, status, content, message_id, request_id, attempts, last_error, smtp_reply, refused,"
+    " created_at, updated_at, sent_at, next_attempt_at"
+)
+
+# The same columns of the row being updated, for `UPDATE notifications AS n … FROM … RETURNING`.
+_RETURNING = ", ".join(f"n.{column.strip()}" for column in COLUMNS.split(","))
+
+# Notifications queued or sending, from the kept counts (migration 0003).
+UNSENT_QUERY = (
+    f"SELECT coalesce(sum(count), 0) FROM notification_counts WHERE status IN ('{Status.QUEUED}', '{Status.SENDING}')"
+)
+
+
+async def insert_notifications(
+    conn: asyncpg.Connection, notifications: Sequence[Notification], *, job_id: str | None = None
+) -> None:
+    """Insert new notifications (`queued`, due at once) inside the caller's transaction, and wake every
+    replica's dispatcher when it commits."""
+    await conn.executemany(
+        "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
+        " created_at, updated_at, next_attempt_at, job_id)"
+        f" VALUES ($1, '{Status.QUEUED}', $2, $3, $4, 0, $5, $5, $5, $6)",
+        [(n.id, content_json(n), n.message_id, n.request_id, n.created_at, job_id) for n in notifications],
+    )
+    # Delivered to every listener when (and only if) the transaction commits.
+    await conn.execute(f"NOTIFY {CHANNEL}")
+
+
+class PostgresNotificationStore(NotificationStore):
+    def __init__(self, database: PostgresDatabase, *, lease_seconds: float, queue_limit: int | None = None) -> None:
+        self.database = database
+        self.lease_seconds = lease_seconds
+        self.queue_limit = queue_limit
+
+    # -- accepting ----------------------------------------------------------------------------------------
+
+    async def add(self, notifications: Sequence[Notification], *, idempotency: IdempotencyRecord | None = None) -> None:
+        now = time.time()
+        async with self.database.connection() as conn, conn.transaction():
+            if self.queue_limit is not None:
+                # The kept counts, committed by every replica: 64 rows summed, not a count of the backlog.
+                # Under READ COMMITTED two replicas adding at the same moment may each see the other's rows
+                # missing, so the queue can pass the limit by the adds in flight at once, never by more.
+                unsent = await conn.fetchval(UNSENT_QUERY)
+                if unsent + len(notifications) > self.queue_limit:
+                    raise QueueFull(unsent, self.queue_limit, len(notifications))
+            if idempotency is not None and not await insert_record(conn, idempotency, now):
+                raise IdempotencyKeyTaken(idempotency.key)
+            await insert_notifications(conn, notifications)
+
+    async def count_unsent(self) -> int:
+        async with self.database.connection() as conn:
+            return int(await conn.fetchval(UNSENT_QUERY))
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    async def get(self, notification_id: str) -> Notification | None:
+        async with self.database.connection() as conn:
+            row = await conn.fetchrow(f"SELECT {COLUMNS} FROM notifications WHERE id = $1", notification_id)
+        return notification_from_row(row) if row else None
+
+    async def page(self, *, status: Status | None, limit: int, cursor: str | None) -> Page:
+        before = int(cursor) if cursor else None
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {COLUMNS} FROM notifications"
+                " WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR seq < $2)"
+                " ORDER BY seq DESC LIMIT $3",
+                status,
+                before,
+                limit + 1,
+            )
+        items = [notification_from_row(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items=items, next_cursor=str(items[-1].seq) if more and items else None)
+
+    async def next_due_at(self) -> float | None:
+        # A claim whose lease runs out is due then too: its replica may be gone.
+        async with self.database.connection() as conn:
+            due = await conn.fetchval(
+                "SELECT least("
+                f" (SELECT min(next_attempt_at) FROM notifications WHERE status = '{Status.QUEUED}'),"
+                f" (SELECT min(lease_until) FROM notifications WHERE status = '{Status.SENDING}'))"
+            )
+        return float(due) if due is not None else None
+
+    # -- delivery state -----------------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        # Other replicas may be sending right now: only claims whose lease has run out are given back.
+        async with self.database.connection() as conn:
+            result = await conn.execute(
+                f"UPDATE notifications SET status = '{Status.QUEUED}', lease_until = NULL, claimed_by = NULL,"
+                f" updated_at = $1 WHERE status = '{Status.SENDING}' AND lease_until <= $1",
+                time.time(),
+            )
+        return int(result.split()[-1])
+
+    async def claim(self, limit: int, now: float) -> list[Notification]:
+        # Two index scans, each stopping after `limit` rows: claims whose lease ran out (a dead replica's), then
+        # due queued rows, earliest first. One `WHERE … OR …` would read and sort the whole backlog instead
+        # (measured: 55 ms against 0.07 ms with 100,000 queued rows).
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(
+                "WITH expired AS ("
+                "   SELECT seq FROM notifications"
+                f"  WHERE status = '{Status.SENDING}' AND lease_until <= $1"
+                "   ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED),"
+                " due AS ("
+                "   SELECT seq FROM notifications"
+                f"  WHERE status = '{Status.QUEUED}' AND next_attempt_at <= $1"
+                "   ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                f" UPDATE notifications AS n SET status = '{Status.SENDING}', attempts = n.attempts + 1,"
+                "  updated_at = $1, lease_until = $1::double precision + $3::double precision, claimed_by = $4"
+                " FROM (SELECT seq FROM expired UNION ALL SELECT seq FROM due LIMIT $2) AS picked"
+                " WHERE n.seq = picked.seq"
+                f" RETURNING {_RETURNING}",
+                now,
+                limit,
+                self.lease_seconds,
+                self.database.replica,
+            )
+        return sorted((notification_from_row(row) for row in rows), key=lambda n: (n.next_attempt_at, n.seq or 0))
+
+    async def release(self, notification_ids: Sequence[str]) -> None:
+        async with self.database.connection() as conn:
+            await conn.execute(
+                f"UPDATE notifications SET status = '{Status.QUEUED}', attempts = attempts - 1, lease_until = NULL,"
+                f" claimed_by = NULL, updated_at = $1 WHERE id = ANY($2::text[]) AND status = '{Status.SENDING}'"
+                " AND claimed_by = $3",
+                time.time(),
+                list(notification_ids),
+                self.database.replica,
+            )
+
+    async def _finish(self, assignments: str, notification_id: str, attempt: int | None, *args: Any) -> None:
+        # With `attempt`, the outcome only lands while the row is still that claim's: a replica whose lease ran
+        # out and whose row another replica claimed again (attempts + 1) cannot overwrite the newer claim.
+        async with self.database.connection() as conn:
+            await conn.execute(
+                f"UPDATE notifications SET {assignments}, lease_until = NULL"
+                " WHERE id = $1 AND ($2::integer IS NULL"
+                f"   OR (status = '{Status.SENDING}' AND attempts = $2 AND claimed_by = $" + str(len(args) + 3) + "))",
+                notification_id,
+                attempt,
+                *args,
+                # attempts alone is not unique: a failed notification requeued by an operator starts again at 1.
+                self.database.replica,
+            )
+
+    async def mark_sent(
+        self,
+        notification_id: str,
+        *,
+        smtp_reply: str,
+        refused: Sequence[Refusal],
+        now: float,
+        attempt: int | None = None,
+    ) -> None:
+        await self._finish(
+            f"status = '{Status.SENT}', smtp_reply = $3, refused = $4, sent_at = $5, updated_at = $5",
+            notification_id,
+            attempt,
+            smtp_reply,
+            refused_json(refused) if refused else None,
+            now,
+        )
+
+    async def mark_retry(
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        next_attempt_at: float,
+        now: float,
+        attempt: int | None = None,
+        envelope: list[str] | None = None,
+        refused: Sequence[Refusal] | None = None,
+    ) -> None:
+        await self._finish(
+            f"status = '{Status.QUEUED}', last_error = $3, next_attempt_at = $4, updated_at = $5, claimed_by = NULL,"
+            " content = CASE WHEN $6::jsonb IS NULL THEN content ELSE jsonb_set(content, '{envelope}', $6::jsonb) END,"
+            " refused = COALESCE($7::jsonb, refused)",
+            notification_id,
+            attempt,
+            error,
+            next_attempt_at,
+            now,
+            json.dumps(envelope) if envelope else None,
+            refused_json(refused) if refused is not None else None,
+        )
+
+    async def mark_failed(
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        refused: Sequence[Refusal],
+        now: float,
+        attempt: int | None = None,
+    ) -> None:
+        await self._finish(
+            f"status = '{Status.FAILED}', last_error = $3, refused = $4, updated_at = $5",
+            notification_id,
+            attempt,
+            error,
+            refused_json(refused) if refused else None,
+            now,
+        )
+
+    async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
+        async with self.database.connection() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE notifications SET status = '{Status.QUEUED}', attempts = 0, next_attempt_at = $2,"
+                f" updated_at = $2 WHERE id = $1 AND status = '{Status.FAILED}' RETURNING {COLUMNS}",
+                notification_id,
+                now,
+            )
+            if row:
+                await conn.execute(f"NOTIFY {CHANNEL}")
+        return notification_from_row(row) if row else None
+
+    # -- wake-ups -----------------------------------------------------------------------------------------
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        self.database.subscribe(wake)

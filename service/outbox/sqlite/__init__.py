@@ -1,0 +1,26 @@
+"""The outbox in one SQLite file, owned by one service (its dispatcher's process shares the lock)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.outbox import Outbox
+from service.outbox.sqlite.database import SqliteDatabase
+from service.outbox.sqlite.idempotency import SqliteIdempotencyStore
+from service.outbox.sqlite.jobs import SqliteJobStore
+from service.outbox.sqlite.notifications import SqliteNotificationStore
+from service.outbox.sqlite.stats import SqliteStatsStore
+
+
+def sqlite_outbox(
+    path: Path | str, *, synchronous: str = "NORMAL", queue_limit: int | None = None, lock: bool = True
+) -> Outbox:
+    """The stores on the SQLite file at `path` (not opened yet)."""
+    database = SqliteDatabase(path, synchronous=synchronous, lock=lock)
+    return Outbox(
+        database=database,
+        notifications=SqliteNotificationStore(database, queue_limit=queue_limit),
+        idempotency=SqliteIdempotencyStore(database),
+        stats=SqliteStatsStore(database),
+        jobs=SqliteJobStore(database),
+    )

@@ -1,0 +1,295 @@
+"""The SQLite notification store: inserts and send outcomes go through the file's group commit.
+
+The queue limit is checked inside each insert transaction against the counts the triggers keep (migration
+0003): two rows read per group commit, exact whichever process sent the mail (the dispatcher may run in a
+process of its own, service/delivery/process.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.domain import Refusal, Status
+from service.outbox.errors import IdempotencyKeyTaken, OutboxUnavailable, QueueFull
+from service.outbox.idempotency import IdempotencyRecord
+from service.outbox.notifications import Notification, NotificationStore, Page
+from service.outbox.rows import content_json, notification_from_row, refused_json
+from service.outbox.sqlite.database import SqliteDatabase
+from service.outbox.sqlite.idempotency import insert_record
+
+# What one add() asks for: its notifications, maybe an idempotency record.
+_Insert = tuple[Sequence[Notification], IdempotencyRecord | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What a send's outcome (mark_sent, mark_retry, mark_failed) asks for: one guarded UPDATE."""
+
+    sql: str
+    params: dict[str, Any]
+
+
+# Every write that waits for the next group commit.
+_Write = _Insert | _Outcome
+
+# Many rows in one INSERT (see insert_notifications): 8 parameters a row, well under SQLite's limit of 32,766.
+_INSERT = (
+    "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
+    " created_at, updated_at, next_attempt_at, job_id) VALUES "
+)
+_INSERT_ROW = f"(?, '{Status.QUEUED}', ?, ?, ?, 0, ?, ?, ?, ?)"
+_ROWS_PER_INSERT = 500
+
+COLUMNS = (
+    "seq, id, status, content, message_id, request_id, attempts, last_error, smtp_reply, refused,"
+    " created_at, updated_at, sent_at, next_attempt_at"
+)
+
+# With an `attempt`, an outcome only lands while the row is still that claim's (see NotificationStore.mark_sent).
+_STILL_CLAIMED = f"AND (:attempt IS NULL OR (status = '{Status.SENDING}' AND attempts = :attempt))"
+
+
+def insert_notifications(
+    db: sqlite3.Connection, notifications: Sequence[Notification], *, job_id: str | None = None
+) -> None:
+    """Insert new notifications (`queued`, due at once) inside the caller's transaction.
+
+    One statement for many rows, not executemany(): sqlite3 lets go of the GIL for every step of a
+    statement, and on a busy event loop each row then waited for the GIL to come back (a group of 25
+    requests took 9 ms instead of well under one)."""
+    for start in range(0, len(notifications), _ROWS_PER_INSERT):
+        chunk = notifications[start : start + _ROWS_PER_INSERT]
+        params: list[Any] = []
+        for n in chunk:
+            params += (
+                n.id,
+                content_json(n),
+                n.message_id,
+                n.request_id,
+                n.created_at,
+                n.created_at,
+                n.created_at,
+                job_id,
+            )
+        db.execute(_INSERT + ", ".join([_INSERT_ROW] * len(chunk)), params)
+
+
+def count_unsent(db: sqlite3.Connection) -> int:
+    return int(
+        db.execute(
+            "SELECT coalesce(sum(count), 0) FROM notification_counts"
+            f" WHERE status IN ('{Status.QUEUED}', '{Status.SENDING}')"
+        ).fetchone()[0]
+    )
+
+
+class SqliteNotificationStore(NotificationStore):
+    def __init__(self, database: SqliteDatabase, *, queue_limit: int | None = None) -> None:
+        self.database = database
+        self.queue_limit = queue_limit
+        self._group_commit = database.group_commit(self._write_group)
+
+    # -- accepting ----------------------------------------------------------------------------------------
+
+    async def add(self, notifications: Sequence[Notification], *, idempotency: IdempotencyRecord | None = None) -> None:
+        if not self._group_commit.running:
+            # Nothing would ever write it: say so rather than wait forever.
+            raise OutboxUnavailable(f"outbox {self.database.path}: not open")
+        await self._group_commit.write((notifications, idempotency))
+
+    def _write_group(self, db: sqlite3.Connection, writes: list[_Write]) -> list[Exception | None]:
+        """Inside the group's one transaction: the outcomes first (what they finish frees room under the queue
+        limit), then the inserts; a group refused (queue full, key taken) is skipped, the others go in."""
+        now = time.time()
+        refusals: list[Exception | None] = [None] * len(writes)
+        for write in writes:
+            if isinstance(write, _Outcome):
+                db.execute(write.sql, write.params)
+        unsent = count_unsent(db) if self.queue_limit is not None else 0
+        accepted: list[Notification] = []
+        for number, write in enumerate(writes):
+            if isinstance(write, _Outcome):
+                continue
+            notifications, idempotency = write
+            if self.queue_limit is not None and unsent + len(notifications) > self.queue_limit:
+                refusals[number] = QueueFull(unsent, self.queue_limit, len(notifications))
+                continue
+            if idempotency is not None and not insert_record(db, idempotency, now):
+                refusals[number] = IdempotencyKeyTaken(idempotency.key)
+                continue
+            accepted.extend(notifications)
+            unsent += len(notifications)
+        insert_notifications(db, accepted)
+        return refusals
+
+    async def count_unsent(self) -> int:
+        return await self.database.read(count_unsent)
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    async def get(self, notification_id: str) -> Notification | None:
+        def get(db: sqlite3.Connection) -> Notification | None:
+            row = db.execute(f"SELECT {COLUMNS} FROM notifications WHERE id = ?", (notification_id,)).fetchone()
+            return notification_from_row(row) if row else None
+
+        return await self.database.read(get)
+
+    async def page(self, *, status: Status | None, limit: int, cursor: str | None) -> Page:
+        before = int(cursor) if cursor else None
+
+        def page(db: sqlite3.Connection) -> Page:
+            rows = db.execute(
+                f"SELECT {COLUMNS} FROM notifications"
+                " WHERE (:status IS NULL OR status = :status) AND (:before IS NULL OR seq < :before)"
+                " ORDER BY seq DESC LIMIT :limit",
+                {"status": status, "before": before, "limit": limit + 1},
+            ).fetchall()
+            items = [notification_from_row(row) for row in rows[:limit]]
+            more = len(rows) > limit
+            return Page(items=items, next_cursor=str(items[-1].seq) if more and items else None)
+
+        return await self.database.read(page)
+
+    async def next_due_at(self) -> float | None:
+        def next_due(db: sqlite3.Connection) -> float | None:
+            row = db.execute(
+                f"SELECT min(next_attempt_at) FROM notifications WHERE status = '{Status.QUEUED}'"
+            ).fetchone()
+            return row[0] if row else None
+
+        return await self.database.read(next_due)
+
+    # -- delivery state -----------------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        now = time.time()
+
+        def recover(db: sqlite3.Connection) -> int:
+            return db.execute(
+                f"UPDATE notifications SET status = '{Status.QUEUED}', updated_at = ?"
+                f" WHERE status = '{Status.SENDING}'",
+                (now,),
+            ).rowcount
+
+        return await self.database.write(recover)
+
+    async def claim(self, limit: int, now: float) -> list[Notification]:
+        def claim(db: sqlite3.Connection) -> list[Notification]:
+            rows = db.execute(
+                f"UPDATE notifications SET status = '{Status.SENDING}', attempts = attempts + 1, updated_at = :now"
+                " WHERE seq IN (SELECT seq FROM notifications"
+                f"   WHERE status = '{Status.QUEUED}' AND next_attempt_at <= :now"
+                "   ORDER BY next_attempt_at LIMIT :limit)"
+                f" RETURNING {COLUMNS}",
+                {"now": now, "limit": limit},
+            ).fetchall()
+            return sorted((notification_from_row(row) for row in rows), key=lambda n: (n.next_attempt_at, n.seq or 0))
+
+        return await self.database.write(claim)
+
+    async def release(self, notification_ids: Sequence[str]) -> None:
+        now = time.time()
+
+        def release(db: sqlite3.Connection) -> None:
+            db.executemany(
+                f"UPDATE notifications SET status = '{Status.QUEUED}', attempts = attempts - 1, updated_at = ?"
+                f" WHERE id = ? AND status = '{Status.SENDING}'",
+                [(now, notification_id) for notification_id in notification_ids],
+            )
+
+        await self.database.write(release)
+
+    async def _update(self, sql: str, params: dict[str, Any]) -> None:
+        """An outcome, group-committed with whatever else is waiting: the eight workers of a busy dispatcher
+        finish close together, and one transaction for their outcomes costs a fraction of eight."""
+        if not self._group_commit.running:
+            await self.database.write(lambda db: db.execute(sql, params))
+            return
+        await self._group_commit.write(_Outcome(sql, params))
+
+    async def mark_sent(
+        self,
+        notification_id: str,
+        *,
+        smtp_reply: str,
+        refused: Sequence[Refusal],
+        now: float,
+        attempt: int | None = None,
+    ) -> None:
+        await self._update(
+            f"UPDATE notifications SET status = '{Status.SENT}', smtp_reply = :reply, refused = :refused,"
+            f" sent_at = :now, updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
+            {
+                "id": notification_id,
+                "attempt": attempt,
+                "reply": smtp_reply,
+                "refused": refused_json(refused) if refused else None,
+                "now": now,
+            },
+        )
+
+    async def mark_retry(
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        next_attempt_at: float,
+        now: float,
+        attempt: int | None = None,
+        envelope: list[str] | None = None,
+        refused: Sequence[Refusal] | None = None,
+    ) -> None:
+        await self._update(
+            f"UPDATE notifications SET status = '{Status.QUEUED}', last_error = :error,"
+            " next_attempt_at = :next, updated_at = :now,"
+            " content = CASE WHEN :envelope IS NULL THEN content"
+            "   ELSE json_set(content, '$.envelope', json(:envelope)) END,"
+            " refused = CASE WHEN :refused IS NULL THEN refused ELSE :refused END"
+            f" WHERE id = :id {_STILL_CLAIMED}",
+            {
+                "id": notification_id,
+                "attempt": attempt,
+                "error": error,
+                "next": next_attempt_at,
+                "now": now,
+                "envelope": json.dumps(envelope) if envelope else None,
+                "refused": refused_json(refused) if refused is not None else None,
+            },
+        )
+
+    async def mark_failed(
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        refused: Sequence[Refusal],
+        now: float,
+        attempt: int | None = None,
+    ) -> None:
+        await self._update(
+            f"UPDATE notifications SET status = '{Status.FAILED}', last_error = :error, refused = :refused,"
+            f" updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
+            {
+                "id": notification_id,
+                "attempt": attempt,
+                "error": error,
+                "refused": refused_json(refused) if refused else None,
+                "now": now,
+            },
+        )
+
+    async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
+        def requeue(db: sqlite3.Connection) -> Notification | None:
+            row = db.execute(
+                f"UPDATE notifications SET status = '{Status.QUEUED}', attempts = 0, next_attempt_at = :now,"
+                f" updated_at = :now WHERE id = :id AND status = '{Status.FAILED}' RETURNING {COLUMNS}",
+                {"id": notification_id, "now": now},
+            ).fetchone()
+            return notification_from_row(row) if row else None
+
+        return await self.database.write(requeue)

@@ -1,0 +1,47 @@
+"""The stats store: the operator's view of the queue (/metrics gauges and /v1/stats), computed from the
+database so that replicas sharing one agree, and cheap at any table size (migration 0003's kept counts)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from service.domain import Status
+
+
+@dataclass(frozen=True, slots=True)
+class QueueGauges:
+    """What a metrics scrape reads: cheap at any table size (kept counts and one index lookup)."""
+
+    counts: dict[Status, int]
+    oldest_queued_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEntry:
+    """A notification whose last attempt failed: retrying (`queued`/`sending`) or `failed`."""
+
+    notification_id: str
+    status: Status
+    attempts: int
+    error: str
+    at: float
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    gauges: QueueGauges
+    # (start of the minute as UNIX seconds, mail sent in it), oldest first, the current minute last.
+    sent_per_minute: list[tuple[float, int]]
+    recent_errors: list[ErrorEntry]
+
+
+class StatsStore(abc.ABC):
+    @abc.abstractmethod
+    async def queue_gauges(self) -> QueueGauges:
+        """Notifications per status and when the oldest queued one was accepted, without a table scan."""
+
+    @abc.abstractmethod
+    async def queue_stats(self, now: float, *, minutes: int, errors: int) -> QueueStats:
+        """The gauges, mail sent per minute over the last `minutes` and the `errors` latest errors."""

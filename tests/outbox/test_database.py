@@ -1,0 +1,87 @@
+"""The database under the stores, on both backends: migrations, the health check, and the SQLite file's
+statement splitter. (The file's WAL mode and synchronous setting are durability: test_notifications.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.outbox import Outbox, OutboxUnavailable
+from service.outbox.postgres import postgres_outbox
+from service.outbox.sqlite.database import split_statements
+from tests.outbox.backends import LEASE_SECONDS, Backend
+from tests.postgres import latest_migration
+from tests.smtp_sink import free_port
+
+
+async def test_a_locked_file_is_reported_unwritable(tmp_path: Path, sqlite: Outbox) -> None:
+    blocker = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(OutboxUnavailable):
+            await sqlite.database.check_writable()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await sqlite.database.check_writable()
+
+
+async def test_migrations_run_once_and_record_the_version(backend: Backend) -> None:
+    for _ in range(2):
+        store = backend.make()
+        await store.open()
+        assert await store.database.schema_version() == latest_migration(backend.name)
+        await store.database.check_writable()
+        await store.close()
+
+
+async def test_replicas_opening_together_apply_each_migration_once(postgres_url: str) -> None:
+    stores = [postgres_outbox(postgres_url, lease_seconds=LEASE_SECONDS, pool_size=2) for _ in range(4)]
+
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        versions = [await store.database.schema_version() for store in stores]
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        applied = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    finally:
+        await conn.close()
+    assert versions == [latest_migration("postgres")] * 4
+    assert [row["version"] for row in applied] == list(range(1, latest_migration("postgres") + 1))
+
+
+async def test_an_unreachable_database_is_reported_at_open() -> None:
+    store = postgres_outbox(f"postgresql://postgres@127.0.0.1:{free_port()}/none", lease_seconds=LEASE_SECONDS)
+
+    with pytest.raises(OutboxUnavailable):
+        await store.open()
+
+
+def test_migration_statements_are_split_whole_even_with_triggers_and_comments() -> None:
+    script = """-- a comment; with a semicolon
+CREATE TABLE t (a INTEGER);
+CREATE TRIGGER t_insert AFTER INSERT ON t
+BEGIN
+    UPDATE t SET a = a + 1;  -- inner statement
+    UPDATE t SET a = a - 1;
+END;
+INSERT INTO t VALUES (';');
+-- trailing comment
+"""
+
+    statements = split_statements(script)
+
+    assert len(statements) == 3
+    assert statements[1].startswith("CREATE TRIGGER")
+    assert statements[1].endswith("END;")
+    db = sqlite3.connect(":memory:")
+    for statement in statements:
+        db.execute(statement)
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (1,)
