@@ -19,12 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from service.config import Settings, load_settings
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.probe import SmtpProbe
-from service.delivery.process import AnyDispatcher, DispatcherProcess
+from service.delivery.process import DispatcherProcess
 from service.http import errors
 from service.http.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.http.idempotency import Idempotency
 from service.http.limits import LIMIT_RESPONSES, BodyLimitMiddleware, queue_full_handler
 from service.http.routes import batch, health, jobs, metrics, notifications, stats, templates, tutorial
+from service.intake.accept import Intake
 from service.intake.csv_jobs import JobRunner
 from service.intake.templates import load_templates_or_exit
 from service.logging import RequestIdMiddleware, configure_logging
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         outbox = open_outbox(settings)
         await outbox.open()
-        dispatcher: AnyDispatcher
+        dispatcher: Dispatcher | DispatcherProcess
         if settings.DISPATCHER_PROCESS:
             dispatcher = DispatcherProcess(outbox, settings, metrics=app_metrics)
         else:
@@ -58,14 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.idempotency = idempotency
         sweeper = asyncio.create_task(idempotency.sweep_expired_forever(), name="idempotency-sweeper")
         await dispatcher.start()
+        intake = Intake(outbox, dispatcher, app_metrics, settings, mail_templates)
+        app.state.intake = intake
         job_store = open_job_store(outbox)
-        job_runner = JobRunner(
-            job_store,
-            mail_templates,
-            settings,
-            wake=dispatcher.wake,
-            accepted=app_metrics.notifications_accepted.inc,
-        )
+        job_runner = JobRunner(job_store, intake)
         app.state.job_store = job_store
         app.state.job_runner = job_runner
         await job_runner.resume()

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from service.config import Settings
+from service.delivery.dispatcher import Dispatcher
 from service.intake import csv_jobs as jobs
+from service.intake.accept import Intake
 from service.intake.csv_jobs import JobRunner
 from service.intake.templates import load_templates
+from service.metrics import Metrics
 from service.outbox import OutboxUnavailable
 from service.outbox.jobs import Job
 from service.outbox.sqlite import SqliteOutbox
@@ -27,6 +31,12 @@ def write_csv(folder: Path, rows: int) -> Path:
     path = folder / f"{rows}.csv"
     path.write_bytes(people_csv(rows))
     return path
+
+
+def job_runner(store: SqliteJobStore, outbox: SqliteOutbox, settings: Settings) -> JobRunner:
+    """A runner whose intake wakes a dispatcher that is never started: the rows are stored, nothing is sent."""
+    templates = load_templates(ROOT / "config" / "templates")
+    return JobRunner(store, Intake(outbox, Dispatcher(outbox, settings), Metrics(), settings, templates))
 
 
 async def run_job(runner: JobRunner, store: SqliteJobStore, path: Path) -> Job:
@@ -44,7 +54,7 @@ async def test_memory_does_not_grow_with_the_csv(tmp_path: Path) -> None:
     outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
     await outbox.open()
     store = SqliteJobStore(outbox)
-    runner = JobRunner(store, load_templates(ROOT / "config" / "templates"), settings, wake=lambda: None)
+    runner = job_runner(store, outbox, settings)
     try:
         await run_job(runner, store, write_csv(tmp_path, 200))  # warm-up: imports, caches, compiled regexes
         files = {rows: write_csv(tmp_path, rows) for rows in (300, 3000)}
@@ -87,7 +97,7 @@ async def test_a_job_goes_on_after_the_store_was_unreachable_and_adds_each_row_o
         return await add_chunk(*args, **kwargs)
 
     monkeypatch.setattr(store, "add_chunk", flaky_add_chunk)
-    runner = JobRunner(store, load_templates(ROOT / "config" / "templates"), settings, wake=lambda: None)
+    runner = job_runner(store, outbox, settings)
     try:
         job = await run_job(runner, store, write_csv(tmp_path, 50))
         stored = await outbox.page(status=None, limit=500, cursor=None)
