@@ -1,21 +1,15 @@
 """Logging for the whole process, set up in one place: structlog events, and the standard library's loggers
-(uvicorn's among them) rendered by the same chain. Also the request-id middleware that binds `request_id`."""
+(uvicorn's among them) rendered by the same chain. (The request id is bound by service/http/middleware.py.)"""
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
-import uuid
 from typing import Any
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
-
-REQUEST_ID_HEADER = b"x-request-id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 
 def configure_logging(settings: Settings) -> None:
@@ -92,42 +86,3 @@ class _NamedWriteLogger(structlog.WriteLogger):
     def __init__(self, name: str = "service", *_args: Any) -> None:
         super().__init__(sys.stdout)
         self.name = name
-
-
-class RequestIdMiddleware:
-    """Takes `X-Request-ID` from the request (or makes one), binds it to the log context, echoes it back."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _request_id_from(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
-        encoded = request_id.encode()
-
-        async def send_with_request_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, encoded)]
-            await send(message)
-
-        # bind/reset rather than `bound_contextvars()`: the same binding without a generator context manager.
-        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
-        try:
-            await self.app(scope, receive, send_with_request_id)
-        finally:
-            structlog.contextvars.reset_contextvars(**tokens)
-
-
-def _request_id_from(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER:
-            candidate: str = value.decode("latin-1")
-            # A client's id is only trusted when it is short and plain: it goes into logs and the outbox.
-            if _VALID_REQUEST_ID.match(candidate):
-                return candidate
-            break
-    return uuid.uuid4().hex

@@ -24,12 +24,13 @@ from service.http import errors
 from service.http.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.http.idempotency import Idempotency
 from service.http.limits import LIMIT_RESPONSES, BodyLimitMiddleware, queue_full_handler
+from service.http.middleware import HttpMetricsMiddleware, RequestIdMiddleware
 from service.http.routes import batch, health, jobs, metrics, notifications, stats, templates, tutorial
 from service.intake.accept import Intake
 from service.intake.csv_jobs import JobRunner
 from service.intake.templates import load_templates_or_exit
-from service.logging import RequestIdMiddleware, configure_logging
-from service.metrics import HttpMetricsMiddleware, Metrics
+from service.logging import configure_logging
+from service.metrics import Metrics
 from service.outbox import QueueFull, describe_outbox, open_outbox
 from service.outbox.jobs import open_job_store
 
