@@ -27,10 +27,11 @@ dev: install ## run the service on :8000 beside an SMTP sink on :1025 that print
 test: install ## run the test suite (real SMTP server, real SQLite, real HTTP; no Docker)
 	$(RUN) pytest
 
-lint: install ## ruff (lint and format check) and mypy --strict on service/
+lint: install ## ruff (lint and format check), mypy --strict on service/, import layers (import-linter)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(RUN) lint-imports --no-cache --no-logo
 
 # --- Docker Compose: the service beside MailHog (docker-compose.yml) ------------------------------------------------
 COMPOSE ?= docker compose

@@ -7,28 +7,40 @@ registry would refuse the second set of metrics with the same names.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-
-from service.outbox import STATUSES
-
-if TYPE_CHECKING:
-    from service.delivery.classify import DeliveryFailed
-    from service.outbox import QueueGauges
 
 # One SMTP transaction is milliseconds on a LAN and seconds through a busy relay; SEND_TIMEOUT_SECONDS
 # (30 s by default) bounds it.
 SMTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # An accept is one group commit to disk: a few milliseconds, more under load or on a slow disk.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The outbox's statuses (service.outbox.STATUSES, kept equal by a test): metrics sit below the outbox.
+OUTBOX_STATUSES = ("queued", "sending", "sent", "failed")
 
 C = TypeVar("C")
 
 # No `*_created` series beside every counter and histogram: Prometheus' text format doesn't need them and
 # they double what is stored. A process-wide switch, idempotent.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class SendFailure(Protocol):
+    """What a failed send attempt tells the counters (service.delivery.classify.DeliveryFailed fits it)."""
+
+    transient: bool
+
+
+class QueueGauges(Protocol):
+    """What a scrape reads from the outbox (service.outbox.QueueGauges fits it)."""
+
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+
+    @property
+    def oldest_queued_at(self) -> float | None: ...
 
 
 class Metrics:
@@ -89,7 +101,7 @@ class Metrics:
             self.notifications_failed.labels(reason=reason)
         for result in ("sent", "transient_error", "permanent_error"):
             self.send_attempts.labels(result=result)
-        for status in STATUSES:
+        for status in OUTBOX_STATUSES:
             self.outbox_notifications.labels(status=status)
         self._connections: weakref.WeakSet[object] = weakref.WeakSet()
         # Each label set's children, looked up once: `labels(**...)` takes a lock and builds the key on every
@@ -101,7 +113,7 @@ class Metrics:
 
     # -- the dispatcher's transitions ---------------------------------------------------------------------
 
-    def observe_send(self, seconds: float, failure: DeliveryFailed | None = None) -> None:
+    def observe_send(self, seconds: float, failure: SendFailure | None = None) -> None:
         """One send attempt ended: taken by the server (no failure), or refused / broken."""
         self.smtp_send_duration.observe(seconds)
         if failure is None:
