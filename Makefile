@@ -30,10 +30,11 @@ test: install ## run the test suite (real SMTP server, real SQLite, real HTTP; n
 test-fast: install ## the suite without the slow tests that start processes or soak (-m "not slow")
 	$(RUN) pytest -m "not slow"
 
-lint: install ## ruff (lint and format check) and mypy --strict on service/
+lint: install ## ruff (lint and format check), mypy --strict on service/, import layers (import-linter)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(RUN) lint-imports --no-cache --no-logo
 
 # --- Docker Compose: the service beside MailHog (docker-compose.yml) ------------------------------------------------
 COMPOSE ?= docker compose

@@ -19,16 +19,18 @@ from fastapi.exceptions import RequestValidationError
 from service.config import Settings, load_settings
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.probe import SmtpProbe
-from service.delivery.process import AnyDispatcher, DispatcherProcess
+from service.delivery.process import DispatcherProcess
 from service.http import errors
 from service.http.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.http.idempotency import Idempotency
 from service.http.limits import LIMIT_RESPONSES, BodyLimitMiddleware, queue_full_handler
+from service.http.middleware import HttpMetricsMiddleware, RequestIdMiddleware
 from service.http.routes import batch, health, jobs, metrics, notifications, stats, templates, tutorial
+from service.intake.accept import Intake
 from service.intake.csv_jobs import JobRunner
 from service.intake.templates import load_templates_or_exit
-from service.logging import RequestIdMiddleware, configure_logging
-from service.metrics import HttpMetricsMiddleware, Metrics
+from service.logging import configure_logging
+from service.metrics import Metrics
 from service.outbox import QueueFull, describe_outbox, open_outbox
 
 log = structlog.get_logger("service")
@@ -44,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         outbox = open_outbox(settings)
         await outbox.open()
-        dispatcher: AnyDispatcher
+        dispatcher: Dispatcher | DispatcherProcess
         if settings.DISPATCHER_PROCESS:
             dispatcher = DispatcherProcess(outbox, settings, metrics=app_metrics)
         else:
@@ -57,13 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.idempotency = idempotency
         sweeper = asyncio.create_task(idempotency.sweep_expired_forever(), name="idempotency-sweeper")
         await dispatcher.start()
-        job_runner = JobRunner(
-            outbox.jobs,
-            mail_templates,
-            settings,
-            wake=dispatcher.wake,
-            accepted=app_metrics.notifications_accepted.inc,
-        )
+        intake = Intake(outbox.notifications, dispatcher, app_metrics, settings, mail_templates)
+        app.state.intake = intake
+        job_runner = JobRunner(outbox.jobs, intake)
         app.state.job_runner = job_runner
         await job_runner.resume()
         log.info(

@@ -1,5 +1,4 @@
-"""Prometheus metrics: every metric object of the service, the few calls that move them, and the HTTP
-middleware that times requests.
+"""Prometheus metrics: every metric object of the service and the few calls that move them.
 
 Each app has its own CollectorRegistry: tests build many apps in one process, and the global default
 registry would refuse the second set of metrics with the same names.
@@ -7,34 +6,35 @@ registry would refuse the second set of metrics with the same names.
 
 from __future__ import annotations
 
-import time
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.metrics_core import Metric
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.domain import SendFailed, Status
-
-if TYPE_CHECKING:
-    from service.outbox.stats import QueueGauges
 
 # One SMTP transaction is milliseconds on a LAN and seconds through a busy relay; SEND_TIMEOUT_SECONDS
 # (30 s by default) bounds it.
 SMTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # An accept is one group commit to disk: a few milliseconds, more under load or on a slow disk.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-# Anything else a client sends as a method is counted as OTHER, so it cannot blow up the label's values.
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-UNMATCHED_ROUTE = "unmatched"
 
 C = TypeVar("C")
 
 # No `*_created` series beside every counter and histogram: Prometheus' text format doesn't need them and
 # they double what is stored. A process-wide switch, idempotent.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class QueueGauges(Protocol):
+    """What a scrape reads from the outbox (service.outbox.QueueGauges fits it)."""
+
+    @property
+    def counts(self) -> Mapping[Status, int]: ...
+
+    @property
+    def oldest_queued_at(self) -> float | None: ...
 
 
 class Metrics:
@@ -97,7 +97,6 @@ class Metrics:
             self.send_attempts.labels(result=result)
         for status in Status:
             self.outbox_notifications.labels(status=status)
-        self._mirror: _Mirror | None = None
         self._connections: weakref.WeakSet[object] = weakref.WeakSet()
         # Each label set's children, looked up once: `labels(**...)` takes a lock and builds the key on every
         # call. Bounded like the series themselves (methods x route templates x status classes).
@@ -136,7 +135,7 @@ class Metrics:
 
         return make
 
-    # -- the dispatcher in a process of its own (service/delivery/process.py) --------------------------
+    # -- the dispatcher in a process of its own (service/delivery/ipc.py mirrors these) -------------------
 
     def dispatcher_collectors(self) -> list[Counter | Gauge | Histogram]:
         """The metrics only the dispatcher moves."""
@@ -149,41 +148,6 @@ class Metrics:
             self.smtp_connections_open,
         ]
 
-    def dispatcher_snapshot(self) -> list[dict[str, object]]:
-        """The dispatcher's metrics as they are now, as JSON-ready data for the HTTP process to serve."""
-        return [
-            {
-                "name": family.name,
-                "documentation": family.documentation,
-                "type": family.type,
-                "samples": [[sample.name, sample.labels, sample.value] for sample in family.samples],
-            }
-            for collector in self.dispatcher_collectors()
-            for family in collector.collect()
-        ]
-
-    def serve_dispatcher_snapshots(self) -> Callable[[list[dict[str, object]]], None]:
-        """In the HTTP process: serve the dispatcher process' metrics instead of this process' own (idle) ones.
-        Returns the function that takes each new snapshot; until the first arrives, the idle values are served."""
-        mirror = self._mirror
-        if mirror is None:
-            own = self.dispatcher_collectors()
-            mirror = self._mirror = _Mirror([family for collector in own for family in collector.collect()])
-            for collector in own:
-                self.registry.unregister(collector)
-            self.registry.register(mirror)
-
-        def update(snapshot: list[dict[str, object]]) -> None:
-            families = []
-            for data in snapshot:
-                family = Metric(str(data["name"]), str(data["documentation"]), str(data["type"]))
-                for name, labels, value in data["samples"]:  # type: ignore[attr-defined]
-                    family.add_sample(name, labels, value)
-                families.append(family)
-            mirror.families = families
-
-        return update
-
     # -- the outbox ---------------------------------------------------------------------------------------
 
     def set_queue_gauges(self, gauges: QueueGauges, now: float) -> None:
@@ -194,11 +158,8 @@ class Metrics:
 
     # -- HTTP ---------------------------------------------------------------------------------------------
 
-    def observe_request(self, scope: Scope, status: int, seconds: float) -> None:
-        method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"
-        # The route's template (`/v1/notifications/{notification_id}`), never the raw path: one series per
-        # route, not one per notification id.
-        route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One answered request, by its method (or OTHER), route template and status class."""
         key = (method, route, status // 100)
         children = self._http_children.get(key)
         if children is None:
@@ -209,50 +170,3 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
-
-
-class _Mirror:
-    """A collector that serves the last snapshot it was given (the dispatcher process' metrics)."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Metric]:
-        return self.families
-
-
-class HttpMetricsMiddleware:
-    """Counts and times requests per route template and status class.
-
-    The clock stops at the last `http.response.body` message, not when the app returns: Starlette runs a
-    route's BackgroundTasks inside the response call, after the body is sent, and that work is not latency
-    the client sees.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        observed = False
-
-        async def send_timed(message: Message) -> None:
-            nonlocal status, observed
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False) and not observed:
-                observed = True
-                self.metrics.observe_request(scope, status, time.perf_counter() - started)
-
-        try:
-            await self.app(scope, receive, send_timed)
-        finally:
-            # The app raised before answering (the server's error middleware answers 500) or the client left.
-            if not observed:
-                self.metrics.observe_request(scope, status, time.perf_counter() - started)

@@ -1,5 +1,5 @@
 """The standard library's records (uvicorn's) render through our chain exactly as structlog's own
-ProcessorFormatter renders them."""
+ProcessorFormatter renders them: the test that fails on the structlog version whose rendering ours no longer matches."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""The dispatcher in a process of its own (DISPATCHER_PROCESS): delivery gets a core, HTTP only accepts.
+"""The dispatcher in a process of its own (DISPATCHER_PROCESS): delivery gets a core, HTTP only accepts. This
+is the parent's side: the handle the app uses as its dispatcher, and the supervisor that keeps a child running.
 
-The app's lifespan starts `python -m service.delivery.process`, hands it the settings on its stdin and from
-then on wakes it with a byte on the same pipe whenever something was accepted; closing that pipe stops it.
-The child runs the ordinary Dispatcher on its own connection to the same outbox, niced (DISPATCHER_NICE) so
-that answering requests comes first when the cores are busy, and reports back on a second pipe: once when it
-is ready, then its metrics twice a second for the parent's /metrics. It dies with its parent
+The app's lifespan starts `python -m service.delivery.worker`, hands it the settings on its stdin and from
+then on wakes it with a byte on the same pipe whenever something was accepted; closing that pipe stops it
+(the messages: ipc.py). The child runs the ordinary Dispatcher on its own connection to the same outbox, niced
+(DISPATCHER_NICE) so that answering requests comes first when the cores are busy, and reports back on a second
+pipe: once when it is ready, then its metrics twice a second for the parent's /metrics. It dies with its parent
 (PR_SET_PDEATHSIG) and holds the parent's lock on a SQLite outbox (inherited), so a crash of the service is a
 crash of both and the next start recovers the outbox exactly as it does for one process. If the child alone
 dies, the parent starts another.
@@ -14,62 +15,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
-import json
 import os
-import signal
-import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import structlog
-from pydantic import SecretStr
 
 from service.config import Settings
-from service.delivery.dispatcher import Dispatcher
-from service.logging import configure_logging
+from service.delivery import ipc
 from service.metrics import Metrics
-from service.outbox import Outbox, open_outbox
+from service.outbox import Outbox
 
 log = structlog.get_logger("service.delivery.dispatcher")
 
-METRICS_EVERY_SECONDS = 0.5
 # A child that has not reported for this long is stuck (its event loop blocked, the process stopped): not
 # running, as far as /health/ready goes, though it still exists.
 SILENT_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 30.0
 # After the child died on its own: wait this long before the next start, doubling while it keeps dying early.
 RESTART_DELAY_SECONDS = (0.5, 30.0)
-_PR_SET_PDEATHSIG = 1
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-def settings_payload(settings: Settings) -> bytes:
-    """The settings as the child rebuilds them: every field by its env var name, secrets in the clear (the pipe
-    is private to the two processes), length-prefixed."""
-    values: dict[str, Any] = {}
-    for name, value in settings.model_dump().items():
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, Path):
-            value = str(value)
-        values[name] = value
-    data = json.dumps(values).encode()
-    return struct.pack("!I", len(data)) + data
-
-
 class DispatcherProcess:
-    """The parent's handle: what main.py and the routes use of a Dispatcher (start, wake, notify, stop, metrics)."""
+    """The parent's handle: what main.py uses of a Dispatcher (start, stop) and what the routes and intake see
+    of one (handle.DispatcherHandle: running, wake, notify)."""
 
     def __init__(self, outbox: Outbox, settings: Settings, *, metrics: Metrics) -> None:
         self.settings = settings
-        self.metrics = metrics
         # Whatever the outbox locked (a SQLite file) stays locked while the child lives, even past our exit.
         self._inherited = tuple(fd for fd in [outbox.database.lock_fd] if fd is not None)
-        self._serve_snapshot = metrics.serve_dispatcher_snapshots()
+        self._mirror = ipc.MetricsMirror.of(metrics)
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._wake_pending = False
@@ -92,7 +69,7 @@ class DispatcherProcess:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "service.delivery.process",
+                "service.delivery.worker",
                 str(os.getpid()),
                 str(write_fd),
                 stdin=asyncio.subprocess.PIPE,
@@ -106,13 +83,13 @@ class DispatcherProcess:
             events = asyncio.StreamReader(limit=2**20)
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb"))
             assert process.stdin is not None
-            process.stdin.write(settings_payload(self.settings))
+            process.stdin.write(ipc.settings_payload(self.settings))
             try:
                 async with asyncio.timeout(START_TIMEOUT_SECONDS):
                     line = await events.readline()
             except TimeoutError:
                 line = b""
-            if not line.startswith(b'{"ready"'):
+            if not ipc.is_ready_report(line):
                 raise RuntimeError("the dispatcher process did not start")
         except BaseException:
             # Not ready, or the start was cancelled (a shutdown): no child may be left running unwatched.
@@ -133,8 +110,7 @@ class DispatcherProcess:
             started = time.monotonic()
             while line := await events.readline():
                 self._heard_at = time.monotonic()
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    self._serve_snapshot(json.loads(line)["metrics"])
+                self._mirror.take(line)
             assert self._process is not None
             status = await self._process.wait()
             if self._stopping:
@@ -159,7 +135,7 @@ class DispatcherProcess:
 
     @property
     def running(self) -> bool:
-        """Alive and reporting: its metrics arrive every METRICS_EVERY_SECONDS while its event loop turns."""
+        """Alive and reporting: its metrics arrive every ipc.METRICS_EVERY_SECONDS while its event loop turns."""
         return (
             self._process is not None
             and self._process.returncode is None
@@ -185,7 +161,7 @@ class DispatcherProcess:
         transport = process.stdin.transport
         # A byte still unread in the pipe's buffer wakes the child as well as two would.
         if not transport.is_closing() and transport.get_write_buffer_size() == 0:
-            process.stdin.write(b"w")
+            process.stdin.write(ipc.WAKE)
 
     async def stop(self) -> None:
         """Close the child's stdin: it stops claiming, lets in-flight sends finish within the grace, and exits."""
@@ -206,99 +182,3 @@ class DispatcherProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         log.info("dispatcher_process_stopped", status=process.returncode if process else None)
-
-
-# -- the child -----------------------------------------------------------------------------------------------
-
-
-def _die_with(parent_pid: int) -> None:
-    """Linux kills this process the moment its parent dies, as if both were one process."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        # The parent died before the line above: nothing is left to serve.
-        os._exit(1)
-
-
-def _read_settings(fd: int) -> Settings:
-    def read_exactly(size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = os.read(fd, size - len(data))
-            if not chunk:
-                raise SystemExit("dispatcher process: the parent closed the pipe before sending the settings")
-            data += chunk
-        return data
-
-    (size,) = struct.unpack("!I", read_exactly(4))
-    return Settings(_env_file=None, **json.loads(read_exactly(size)))
-
-
-async def serve(settings: Settings, stdin_fd: int, events_fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    events, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(events_fd, "wb"))
-    outbox = open_outbox(settings, lock=False)
-    await outbox.open()
-    metrics = Metrics()
-    dispatcher = Dispatcher(outbox.notifications, settings, metrics=metrics)
-    stop = asyncio.Event()
-    # Told to stop by its parent only (stdin closed): a SIGTERM or Ctrl-C sent to the whole process group
-    # reaches the parent too, whose shutdown then stops this process in order.
-    for number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(number, lambda: None)
-
-    def on_wake() -> None:
-        try:
-            data = os.read(stdin_fd, 4096)
-        except BlockingIOError:
-            return
-        if data:
-            dispatcher.wake()
-        else:
-            # The parent is stopping (or gone, where PR_SET_PDEATHSIG does not exist): stop in order.
-            loop.remove_reader(stdin_fd)
-            stop.set()
-
-    def report(message: dict[str, Any]) -> None:
-        events.write(json.dumps(message).encode() + b"\n")
-
-    try:
-        await dispatcher.start()
-        os.set_blocking(stdin_fd, False)
-        loop.add_reader(stdin_fd, on_wake)
-        gc.collect()
-        gc.freeze()  # as in the HTTP process (service/main.py): what start made is never collected again
-        report({"ready": os.getpid()})
-        while not stop.is_set():
-            report({"metrics": metrics.dispatcher_snapshot()})
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(METRICS_EVERY_SECONDS):
-                    await stop.wait()
-        await dispatcher.stop()
-        report({"metrics": metrics.dispatcher_snapshot()})
-    finally:
-        await outbox.close()
-        events.close()
-
-
-def main() -> None:
-    parent_pid, events_fd = int(sys.argv[1]), int(sys.argv[2])
-    _die_with(parent_pid)
-    settings = _read_settings(sys.stdin.fileno())
-    if settings.DISPATCHER_NICE:
-        os.nice(settings.DISPATCHER_NICE)
-    configure_logging(settings)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(settings, sys.stdin.fileno(), events_fd))
-    else:
-        uvloop.run(serve(settings, sys.stdin.fileno(), events_fd))
-
-
-if __name__ == "__main__":
-    main()
-
-
-# What the routes are handed: the dispatcher itself, or the handle of its process (DISPATCHER_PROCESS).
-AnyDispatcher = Dispatcher | DispatcherProcess

@@ -141,7 +141,14 @@ class SmtpConnection:
     async def _send_mail(self, smtp: _Smtp, mail: _Mail) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         """sendmail with the MAIL options send_message would have chosen for this server, in its order."""
         smtp.data_began = False
-        await smtp._ehlo_or_helo_if_needed()  # what send_message does first: the extensions come from EHLO
+        if smtp.is_ehlo_or_helo_needed:
+            # What send_message does first, with public calls: the extensions read below come from EHLO.
+            try:
+                await smtp.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                if not smtp.is_connected:
+                    raise
+                await smtp.helo()
         options = []
         if mail.utf8:
             if not smtp.supports_extension("smtputf8"):

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import csv
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +20,9 @@ import structlog
 from pydantic import ValidationError
 
 from service.config import Settings
-from service.http.routes.notifications import new_notification
+from service.intake.accept import Intake, build_notification
 from service.intake.request import NotificationRequest, normalize_address
-from service.intake.templates import MailTemplate, TemplateRenderError, Templates
+from service.intake.templates import MailTemplate, TemplateRenderError
 from service.outbox import Notification, OutboxUnavailable
 from service.outbox.jobs import DONE, JOB_FAILED, Job, JobStore, JobTaken, RowError
 
@@ -141,26 +141,18 @@ class JobReader:
             raise ValueError(
                 "; ".join(f"rendered {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             ) from None
-        return new_notification(request, self.settings, self.job.request_id)
+        return build_notification(request, self.settings, self.job.request_id)
 
 
 class JobRunner:
-    """Runs jobs in background tasks; resumes the unfinished ones at start, stops them at shutdown."""
+    """Runs jobs in background tasks; resumes the unfinished ones at start, stops them at shutdown. Each chunk
+    goes into the outbox through intake, like any other notification."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        templates: Templates,
-        settings: Settings,
-        wake: Callable[[], None],
-        accepted: Callable[[int], None] = lambda count: None,
-    ) -> None:
+    def __init__(self, store: JobStore, intake: Intake) -> None:
         self.store = store
-        self.templates = templates
-        self.settings = settings
-        self.wake = wake
-        # Told how many notifications each stored chunk added (the metrics' accepted counter).
-        self.accepted = accepted
+        self.intake = intake
+        self.templates = intake.templates
+        self.settings = intake.settings
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def resume(self) -> int:
@@ -260,13 +252,10 @@ class JobRunner:
                     return f"after row {job.rows_done}: the file cannot be read any further ({exc})"
                 if chunk is None:
                     return None
-                await self.store.add_chunk(
-                    job.id, chunk.notifications, chunk.errors, chunk.last_row, after_row=job.rows_done
+                await self.intake.accept_job_chunk(
+                    self.store, job.id, chunk.notifications, chunk.errors, chunk.last_row, after_row=job.rows_done
                 )
                 job.rows_done = chunk.last_row
-                if chunk.notifications:
-                    self.accepted(len(chunk.notifications))
-                    self.wake()
                 log.debug("job_progress", rows_done=chunk.last_row, accepted=len(chunk.notifications))
                 await asyncio.sleep(0)
         finally:

@@ -23,14 +23,19 @@ MAIL_FROM = "Notifier <notifier@example.com>"
 
 
 class OptionsHandler(RecordingHandler):
-    """Records each mail's MAIL options; can leave 8BITMIME out of its EHLO, as a 7-bit server would."""
+    """Records each mail's MAIL options; can leave 8BITMIME out of its EHLO, as a 7-bit server would, or refuse
+    EHLO altogether, as an old server that knows HELO only would."""
 
-    def __init__(self, *, eight_bit: bool) -> None:
+    def __init__(self, *, eight_bit: bool, ehlo: bool = True) -> None:
         super().__init__()
         self.eight_bit = eight_bit
+        self.ehlo = ehlo
         self.mail_options: list[list[str]] = []
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        if not self.ehlo:
+            session.extended_smtp = False
+            return ["502 5.5.2 Error: command not recognized"]
         session.host_name = hostname
         return [r for r in responses if self.eight_bit or "8BITMIME" not in r]
 
@@ -43,13 +48,15 @@ SERVERS = {
     "8bitmime": {"eight_bit": True, "enable_SMTPUTF8": False},
     "smtputf8": {"eight_bit": True, "enable_SMTPUTF8": True},
     "7bit": {"eight_bit": False, "enable_SMTPUTF8": False},
+    # The client falls back to HELO, as send_message does (with public calls: no aiosmtplib private is used).
+    "helo-only": {"eight_bit": False, "enable_SMTPUTF8": False, "ehlo": False},
 }
 
 
 @pytest.fixture(params=list(SERVERS))
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, OptionsHandler]]:
     kind = SERVERS[request.param]
-    handler = OptionsHandler(eight_bit=kind["eight_bit"])
+    handler = OptionsHandler(eight_bit=kind["eight_bit"], ehlo=kind.get("ehlo", True))
     port = free_port()
     controller = Controller(
         handler, hostname="127.0.0.1", port=port, ready_timeout=10, enable_SMTPUTF8=kind["enable_SMTPUTF8"]

@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.domain import Status
+from service.metrics import Metrics
 from tests.conftest import MAIL, Service, make_settings, running
 from tests.smtp_sink import SmtpSink
 
@@ -70,6 +73,11 @@ async def test_metrics_are_prometheus_text_with_every_metric(service: Service) -
         assert value(samples, "notification_send_attempts_total", result=result) == 0
     for status in ("queued", "sending", "sent", "failed"):
         assert value(samples, "outbox_notifications", status=status) == 0
+
+
+def test_the_outbox_gauge_has_every_status_of_the_outbox_from_the_start() -> None:
+    samples = parse(generate_latest(Metrics().registry).decode())
+    assert {dict(labels)["status"] for name, labels in samples if name == "outbox_notifications"} == set(Status)
 
 
 async def test_an_accepted_and_sent_notification_moves_its_counters(service: Service, smtp_sink: SmtpSink) -> None:

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from service.config import Settings
+from service.delivery.dispatcher import Dispatcher
 from service.intake import csv_jobs as jobs
+from service.intake.accept import Intake
 from service.intake.csv_jobs import JobRunner
 from service.intake.templates import load_templates
-from service.outbox import JobStore, OutboxUnavailable
+from service.metrics import Metrics
+from service.outbox import JobStore, Outbox, OutboxUnavailable
 from service.outbox.jobs import Job
 from service.outbox.sqlite import sqlite_outbox
 from tests.conftest import make_settings
@@ -26,6 +30,13 @@ def write_csv(folder: Path, rows: int) -> Path:
     path = folder / f"{rows}.csv"
     path.write_bytes(people_csv(rows))
     return path
+
+
+def job_runner(outbox: Outbox, settings: Settings) -> JobRunner:
+    """A runner whose intake wakes a dispatcher that is never started: the rows are stored, nothing is sent."""
+    templates = load_templates(ROOT / "config" / "templates")
+    store = outbox.notifications
+    return JobRunner(outbox.jobs, Intake(store, Dispatcher(store, settings), Metrics(), settings, templates))
 
 
 async def run_job(runner: JobRunner, store: JobStore, path: Path) -> Job:
@@ -44,7 +55,7 @@ async def test_memory_does_not_grow_with_the_csv(tmp_path: Path) -> None:
     outbox = sqlite_outbox(tmp_path / "outbox.sqlite3")
     await outbox.open()
     store = outbox.jobs
-    runner = JobRunner(store, load_templates(ROOT / "config" / "templates"), settings, wake=lambda: None)
+    runner = job_runner(outbox, settings)
     try:
         await run_job(runner, store, write_csv(tmp_path, 200))  # warm-up: imports, caches, compiled regexes
         files = {rows: write_csv(tmp_path, rows) for rows in (300, 3000)}
@@ -87,7 +98,7 @@ async def test_a_job_goes_on_after_the_store_was_unreachable_and_adds_each_row_o
         return await add_chunk(*args, **kwargs)
 
     monkeypatch.setattr(store, "add_chunk", flaky_add_chunk)
-    runner = JobRunner(store, load_templates(ROOT / "config" / "templates"), settings, wake=lambda: None)
+    runner = job_runner(outbox, settings)
     try:
         job = await run_job(runner, store, write_csv(tmp_path, 50))
         stored = await outbox.notifications.page(status=None, limit=500, cursor=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -65,15 +66,26 @@ async def test_an_outcome_that_cannot_be_stored_fails_alone_not_the_writes_commi
         await outbox.close()
 
 
-async def test_a_write_waits_while_another_process_holds_the_lock_then_goes_in(tmp_path: Path) -> None:
+async def test_a_write_waits_while_another_process_holds_the_lock_then_goes_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The dispatcher's process writes to the same file: the HTTP process' commits wait for its lock, not fail.
     outbox = sqlite_outbox(tmp_path / "outbox.sqlite3")
     await outbox.open()
     blocker = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+    # The outbox's thread sleeps between tries while the lock is held: its first sleep says it met the lock.
+    met_the_lock = threading.Event()
+    real_sleep = time.sleep
+
+    def sleep_between_tries(seconds: float) -> None:
+        met_the_lock.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep_between_tries)
     try:
         blocker.execute("BEGIN IMMEDIATE")
         waiting = asyncio.create_task(outbox.notifications.add([added := notification()]))
-        await asyncio.sleep(0.3)
+        assert await asyncio.to_thread(met_the_lock.wait, 10)
         assert not waiting.done()
         blocker.execute("COMMIT")
         await asyncio.wait_for(waiting, timeout=5)
@@ -128,6 +140,19 @@ async def test_a_stale_outcome_cannot_land_on_a_newer_claim_after_a_requeue(
     assert (row.status, row.smtp_reply) == (Status.SENDING, None)
 
 
+async def wait_until_blocked(postgres_url: str, pid: int, timeout: float = 10.0) -> None:
+    """Until the backend `pid` waits for a lock another transaction holds."""
+    watcher = await asyncpg.connect(postgres_url)
+    try:
+        deadline = time.monotonic() + timeout
+        query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
+        while await watcher.fetchval(query, pid) != "Lock":
+            assert time.monotonic() < deadline, f"backend {pid} never waited for a lock"
+            await asyncio.sleep(0.01)
+    finally:
+        await watcher.close()
+
+
 async def test_migration_0003_counts_rows_an_older_replica_commits_during_the_upgrade(postgres_url: str) -> None:
     migrations = read_migrations("postgres")
     setup = await asyncpg.connect(postgres_url)
@@ -145,7 +170,7 @@ async def test_migration_0003_counts_rows_an_older_replica_commits_during_the_up
         )
         [script] = [s for number, _n, s in migrations if number == 3]
         migrating = asyncio.create_task(setup.execute(f"BEGIN; {script} COMMIT;"))
-        await asyncio.sleep(0.5)
+        await wait_until_blocked(postgres_url, setup.get_server_pid())
         await transaction.commit()
         await migrating
         truth = await setup.fetchval("SELECT count(*) FROM notifications WHERE status = 'queued'")

@@ -314,8 +314,11 @@ async def test_another_replica_takes_over_a_claim_whose_lease_ran_out(
 async def test_an_insert_by_one_replica_wakes_the_others(replicas: tuple[Outbox, Outbox]) -> None:
     first, second = (outbox.notifications for outbox in replicas)
     woken = asyncio.Event()
-    # The listener wakes its subscribers once when it connects (it may have missed something): let that pass.
-    await asyncio.sleep(0.5)
+    # The listener wakes its subscribers once when it connects (it may have missed something): only a wake after
+    # that one can come from the insert.
+    listening = replicas[1].database.listening  # type: ignore[attr-defined]
+    async with asyncio.timeout(10):
+        await listening.wait()
     second.subscribe(woken.set)
 
     await first.add([notification()])

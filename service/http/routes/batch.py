@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from fastapi import APIRouter, BackgroundTasks, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from service.config import Settings
 from service.domain import Status
-from service.http.deps import DispatcherDep, IdempotencyDep, NotificationStoreDep, SettingsDep, TemplatesDep
+from service.http.deps import IdempotencyDep, IntakeDep, SettingsDep
 from service.http.errors import json_safe
 from service.http.idempotency import (
     ACCEPTING_RESPONSES,
@@ -22,13 +20,9 @@ from service.http.idempotency import (
     IdempotencyKeyHeader,
     taken_elsewhere,
 )
-from service.http.routes.notifications import new_notification
-from service.http.routes.templates import render_request
+from service.intake.accept import Intake
 from service.intake.request import NotificationRequest
-from service.intake.templates import Templates
 from service.outbox import IdempotencyKeyTaken, Notification
-
-log = structlog.get_logger("service.http.routes")
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
@@ -52,13 +46,10 @@ class BatchResponse(BaseModel):
     items: list[BatchItem]
 
 
-def build_batch_item(
-    raw: Any, settings: Settings, templates: Templates, request_id: str | None
-) -> Notification | BatchItemError:
+def build_batch_item(raw: Any, intake: Intake, request_id: str | None) -> Notification | BatchItemError:
     """One item of a batch: a notification ready for the outbox, or the 422 detail it would have had alone."""
     try:
-        body = NotificationRequest.model_validate(raw)
-        return new_notification(render_request(body, templates), settings, request_id)
+        return intake.build(NotificationRequest.model_validate(raw), request_id)
     except ValidationError as exc:
         return BatchItemError(detail=json_safe(jsonable_encoder(exc.errors(include_url=False))))
     except RequestValidationError as exc:
@@ -77,10 +68,8 @@ async def create_batch(
     batch: BatchRequest,
     request: Request,
     background: BackgroundTasks,
-    outbox: NotificationStoreDep,
-    dispatcher: DispatcherDep,
+    intake: IntakeDep,
     settings: SettingsDep,
-    templates: TemplatesDep,
     idempotency: IdempotencyDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -99,7 +88,7 @@ async def create_batch(
     async with idempotency.begin(request, idempotency_key, batch) as claim:
         if claim.replay is not None:
             return claim.replay
-        results = [build_batch_item(raw, settings, templates, request.state.request_id) for raw in batch.notifications]
+        results = [build_batch_item(raw, intake, request.state.request_id) for raw in batch.notifications]
         accepted = [result for result in results if isinstance(result, Notification)]
         answer = (
             BatchResponse(
@@ -113,16 +102,14 @@ async def create_batch(
             .model_dump_json(exclude_none=True)
             .encode()
         )
-        if accepted:
-            try:
-                # One transaction for every valid item, with the key's record (the answer) when there is a key.
-                await outbox.add(accepted, idempotency=claim.record(status.HTTP_202_ACCEPTED, answer, {}))
-            except IdempotencyKeyTaken:
-                raise taken_elsewhere(claim.key or "") from None
-            dispatcher.metrics.notifications_accepted.inc(len(accepted))
-            for notification in accepted:
-                with structlog.contextvars.bound_contextvars(notification_id=notification.id):
-                    log.info("notification_accepted", recipients=len(notification.recipients), batch=True)
-            background.add_task(dispatcher.notify, accepted[0].id)
-        log.info("batch_accepted", accepted=len(accepted), rejected=len(results) - len(accepted))
+        try:
+            # One transaction for every valid item, with the key's record (the answer) when there is a key.
+            await intake.accept_batch(
+                accepted,
+                background,
+                rejected=len(results) - len(accepted),
+                idempotency=claim.record(status.HTTP_202_ACCEPTED, answer, {}),
+            )
+        except IdempotencyKeyTaken:
+            raise taken_elsewhere(claim.key or "") from None
         return Response(answer, status.HTTP_202_ACCEPTED, media_type="application/json")

@@ -8,8 +8,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, BackgroundTasks, Path, Request
 
-from service.http.deps import DispatcherDep, NotificationStoreDep, SettingsDep
-from service.http.routes.notifications import accept, new_notification
+from service.http.deps import IntakeDep
 from service.http.schemas import Message
 from service.intake.request import EmailAddress, NotificationRequest
 
@@ -30,14 +29,12 @@ async def send_notification(
     email: PathEmail,
     request: Request,
     background_tasks: BackgroundTasks,
-    outbox: NotificationStoreDep,
-    dispatcher: DispatcherDep,
-    settings: SettingsDep,
+    intake: IntakeDep,
 ) -> Message:
     body = NotificationRequest(
         to=[email], subject="Notification", text=f"Hello,\n\nthis is a notification for {email}.\n"
     )
-    await accept(new_notification(body, settings, request.state.request_id), outbox, dispatcher, background_tasks)
+    await intake.accept(intake.build(body, request.state.request_id), background_tasks)
     background_tasks.add_task(write_notification, email)
     return Message(message="Notification sent in the background")
 
@@ -47,9 +44,7 @@ async def send_email(
     to_email: PathEmail,
     request: Request,
     background_tasks: BackgroundTasks,
-    outbox: NotificationStoreDep,
-    dispatcher: DispatcherDep,
-    settings: SettingsDep,
+    intake: IntakeDep,
 ) -> Message:
     body = NotificationRequest(
         to=[to_email],
@@ -57,5 +52,5 @@ async def send_email(
         text="This is a test email sent in the background.\n",
         html="<p>This is a test email sent in the background.</p>",
     )
-    await accept(new_notification(body, settings, request.state.request_id), outbox, dispatcher, background_tasks)
+    await intake.accept(intake.build(body, request.state.request_id), background_tasks)
     return Message(message="Email sent in the background")

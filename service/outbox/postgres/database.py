@@ -53,6 +53,8 @@ class PostgresDatabase(Database):
         self._pool: asyncpg.Pool | None = None
         self._subscribers: list[Callable[[], None]] = []
         self._listener: asyncio.Task[None] | None = None
+        # Set once the listener is LISTENing and has woken its subscribers for what it may have missed.
+        self.listening = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -132,7 +134,9 @@ class PostgresDatabase(Database):
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._wake_all)
                 self._wake_all()
+                self.listening.set()
                 await lost.wait()
+                self.listening.clear()
                 log.warning("outbox_listener_lost", retry_in_seconds=LISTEN_RETRY_SECONDS)
             except ERRORS as exc:
                 log.warning("outbox_listener_failed", error=str(exc), retry_in_seconds=LISTEN_RETRY_SECONDS)

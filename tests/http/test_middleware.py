@@ -1,4 +1,5 @@
-"""The HTTP metrics middleware: the clock stops when the response is sent, not when background work ends."""
+"""The app's middleware (service/http/middleware.py): the HTTP metrics clock stops when the response is sent, not when
+background work ends."""
 
 from __future__ import annotations
 
