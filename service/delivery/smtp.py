@@ -173,9 +173,21 @@ class SmtpConnection:
                 "(587 for STARTTLS; 465 is implicit TLS: SMTP_TLS=true)",
             )
         if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
-            return ConnectionFailed("TLS handshake failed", f"{where}: TLS handshake failed: {exc}")
+            hint = ""
+            if s.SMTP_TLS and "WRONG_VERSION_NUMBER" in str(exc):
+                hint = ": the port does not speak TLS from the first byte; for 587 use SMTP_STARTTLS=true, not SMTP_TLS"
+            return ConnectionFailed("TLS handshake failed", f"{where}: TLS handshake failed: {exc}{hint}")
         if isinstance(exc, TimeoutError):
             return ConnectionFailed("timed out", f"{where}: {exc}")
+        if isinstance(exc, aiosmtplib.SMTPServerDisconnected) or isinstance(
+            exc.__cause__, aiosmtplib.SMTPServerDisconnected
+        ):
+            hint = ""
+            if self.uses_tls and s.SMTP_CLIENT_CERT_FILE is None:
+                # TLS 1.3 lets the handshake finish before the server checks for a client certificate: all the
+                # client sees of a refusal is the connection closing.
+                hint = ": a relay that wants a client certificate closes right after TLS (SMTP_CLIENT_CERT_FILE)"
+            return ConnectionFailed("closed by the server", f"{where}: the server closed the connection ({exc}){hint}")
         if isinstance(exc, aiosmtplib.SMTPConnectError):
             return ConnectionFailed("unreachable", f"{where}: {exc}")
         return ConnectionFailed("connection failed", f"{where}: {exc}")

@@ -62,7 +62,7 @@ class SmtpCheckDetail(CheckDetail):
         None,
         description="null when it passes; else a few stable words: unreachable, timed out, refused the session,"
         " certificate verification failed, TLS handshake failed, STARTTLS required, STARTTLS not offered,"
-        " authentication failed, connection failed, TLS settings unusable",
+        " authentication failed, closed by the server, connection failed, TLS settings unusable",
     )
     error: str | None = Field(None, description="What the server or the TLS layer said, and the setting to look at")
     tls: Literal["none", "starttls", "implicit"] = Field(description="SMTP_STARTTLS / SMTP_TLS as configured")

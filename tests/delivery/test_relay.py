@@ -378,6 +378,17 @@ async def test_starttls_asked_of_a_server_without_it_says_so(tmp_path: Path, smt
     assert ready["details"]["smtp"]["reason"] == "STARTTLS not offered"
 
 
+async def test_implicit_tls_asked_of_a_plain_port_says_so(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    settings = make_settings(tmp_path, smtp_sink.port, SMTP_TLS=True, MAX_ATTEMPTS=50)
+    async with watched(settings) as watch:
+        retried = await watch.retried(await watch.post())
+        ready = await watch.ready()
+
+    assert smtp_sink.received == []
+    assert "use SMTP_STARTTLS=true, not SMTP_TLS" in retried["last_error"]
+    assert ready["details"]["smtp"]["reason"] == "TLS handshake failed"
+
+
 @pytest.mark.parametrize("key_file", ["separate", "in the certificate file"])
 @pytest.mark.parametrize("mode", ["starttls", "implicit"])
 async def test_a_relay_that_wants_a_client_certificate_gets_it(
@@ -418,10 +429,11 @@ async def test_the_dispatchers_own_process_connects_with_the_same_tls_settings(
     assert len(relay.sink.received) == 1
 
 
-async def test_without_its_client_certificate_a_mutual_tls_relay_gets_nothing(
-    tmp_path: Path, relays: Callable[..., Relay], ca_file: Path
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+async def test_without_its_client_certificate_a_mutual_tls_relay_gets_nothing_and_the_error_says_so(
+    tmp_path: Path, relays: Callable[..., Relay], ca_file: Path, mode: str
 ) -> None:
-    relay = relays("implicit", client_ca=trustme.CA(organization_name="Clients"))
+    relay = relays(mode, client_ca=trustme.CA(organization_name="Clients"))
     async with watched(relay_settings(tmp_path, relay, SMTP_CA_FILE=ca_file)) as watch:
         retried = await watch.retried(await watch.post())
         ready = await watch.ready()
@@ -429,8 +441,9 @@ async def test_without_its_client_certificate_a_mutual_tls_relay_gets_nothing(
 
     assert relay.sink.received == []
     assert relay.credentials.mechanisms == []
-    assert retried["last_error"]
+    assert "SMTP_CLIENT_CERT_FILE" in retried["last_error"]
     assert ready["checks"]["smtp"] == "fail"
+    assert ready["details"]["smtp"]["reason"] == "closed by the server"
 
 
 async def test_unchecked_certificates_send_but_warn_at_start_and_in_readiness(
