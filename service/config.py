@@ -5,6 +5,7 @@ Field names are the environment variables' names, so `grep SMTP_HOST` finds both
 
 from __future__ import annotations
 
+import ssl
 import sys
 from pathlib import Path
 from typing import Literal
@@ -28,6 +29,23 @@ class Settings(BaseSettings):
     SMTP_PASSWORD: SecretStr | None = Field(None, description="SMTP AUTH password. Never logged.")
     SMTP_STARTTLS: bool = Field(False, description="Upgrade the connection with STARTTLS after EHLO.")
     SMTP_TLS: bool = Field(False, description="Connect with implicit TLS (usually port 465).")
+    SMTP_VERIFY_CERTS: bool = Field(
+        True,
+        description="Check the SMTP server's certificate and host name. false only for a development relay with a"
+        " self-signed certificate: a warning at start, and /health/ready shows it.",
+    )
+    SMTP_CA_FILE: Path | None = Field(
+        None,
+        description="PEM bundle of the CAs trusted for the SMTP connection, instead of the system's (a private"
+        " CA); for this connection only, not process-wide. Unset: the system's CAs.",
+    )
+    SMTP_CLIENT_CERT_FILE: Path | None = Field(
+        None, description="PEM client certificate (and chain) shown to a relay that wants mutual TLS."
+    )
+    SMTP_CLIENT_KEY_FILE: Path | None = Field(
+        None,
+        description="Unencrypted PEM private key of SMTP_CLIENT_CERT_FILE; unset: the key is in that file.",
+    )
     SMTP_TIMEOUT_SECONDS: float = Field(10.0, gt=0, description="Timeout of one SMTP command or connect.")
     SEND_TIMEOUT_SECONDS: float = Field(
         30.0, gt=0, description="Deadline for one whole send; a stalled server frees the worker after it."
@@ -119,6 +137,64 @@ class Settings(BaseSettings):
         description="A job pauses while this many of its notifications wait to be sent, so a big mail-merge"
         " cannot push single notifications to the back of a long queue. 0: no limit.",
     )
+
+    @field_validator("SMTP_CA_FILE", "SMTP_CLIENT_CERT_FILE", "SMTP_CLIENT_KEY_FILE", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("SMTP_CA_FILE")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=value)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"not a readable PEM file of CA certificates: {exc}") from None
+        return value
+
+    @field_validator("SMTP_CLIENT_CERT_FILE", "SMTP_CLIENT_KEY_FILE")
+    @classmethod
+    def _check_pem_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                text = value.read_text(encoding="ascii", errors="replace")
+            except OSError as exc:
+                raise ValueError(f"cannot read it: {exc}") from None
+            if "-----BEGIN " not in text:
+                raise ValueError("no PEM block (-----BEGIN ...) in it")
+            if "ENCRYPTED" in text:
+                raise ValueError("the key is encrypted: give an unencrypted key, readable only by the service")
+        return value
+
+    @model_validator(mode="after")
+    def _check_smtp_tls(self) -> Settings:
+        tls_files = [
+            name for name in ("SMTP_CA_FILE", "SMTP_CLIENT_CERT_FILE", "SMTP_CLIENT_KEY_FILE") if getattr(self, name)
+        ]
+        # A CA file set with TLS off would send in clear text while the operator believes it is checked.
+        if tls_files and not (self.SMTP_TLS or self.SMTP_STARTTLS):
+            raise ValueError(
+                f"{', '.join(tls_files)}: used by TLS only, which is off: set SMTP_STARTTLS=true (587) or SMTP_TLS=true"
+                " (465)"
+            )
+        if self.SMTP_CA_FILE is not None and not self.SMTP_VERIFY_CERTS:
+            raise ValueError("SMTP_CA_FILE is set but SMTP_VERIFY_CERTS=false would not check against it")
+        if self.SMTP_CLIENT_KEY_FILE is not None and self.SMTP_CLIENT_CERT_FILE is None:
+            raise ValueError("SMTP_CLIENT_KEY_FILE is set without SMTP_CLIENT_CERT_FILE")
+        if self.SMTP_CLIENT_CERT_FILE is not None:
+            text = self.SMTP_CLIENT_CERT_FILE.read_text(encoding="ascii", errors="replace")
+            if self.SMTP_CLIENT_KEY_FILE is None and "PRIVATE KEY-----" not in text:
+                raise ValueError("SMTP_CLIENT_CERT_FILE holds no private key: set SMTP_CLIENT_KEY_FILE too")
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+                    self.SMTP_CLIENT_CERT_FILE, self.SMTP_CLIENT_KEY_FILE, password=b""
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"SMTP_CLIENT_CERT_FILE and SMTP_CLIENT_KEY_FILE are not a certificate and its key: {exc}"
+                ) from None
+        return self
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:

@@ -79,6 +79,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 detail="API_KEYS is empty: anyone who can reach this service can send mail through it;"
                 " set API_KEYS to require `Authorization: Bearer <key>`",
             )
+        if not settings.SMTP_VERIFY_CERTS:
+            log.warning(
+                "smtp_certificate_checks_disabled",
+                detail="SMTP_VERIFY_CERTS is false: any certificate the SMTP server shows is accepted, so anyone"
+                " on the path can read the mail and the login; for a development relay only",
+            )
         try:
             yield
         finally:

@@ -10,11 +10,13 @@ import asyncio
 import email
 import email.policy
 import socket
+import ssl
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from email.message import EmailMessage
+from typing import Any
 
 from aiosmtpd.controller import Controller
 
@@ -101,9 +103,16 @@ class RecordingHandler:
 
 
 class SmtpSink:
-    def __init__(self, port: int | None = None) -> None:
+    """`ssl_context`: implicit TLS from the first byte; `server_options`: aiosmtpd's SMTP options (tls_context for
+    STARTTLS, require_starttls, authenticator, auth_required, ...)."""
+
+    def __init__(
+        self, port: int | None = None, *, ssl_context: ssl.SSLContext | None = None, **server_options: Any
+    ) -> None:
         self.port = port or free_port()
         self.handler = RecordingHandler()
+        self.ssl_context = ssl_context
+        self.server_options = server_options
         self._controller: Controller | None = None
 
     @property
@@ -111,7 +120,14 @@ class SmtpSink:
         return self.handler.received
 
     def start(self) -> SmtpSink:
-        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+        self._controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            ready_timeout=10,
+            ssl_context=self.ssl_context,
+            **self.server_options,
+        )
         self._controller.start()
         return self
 

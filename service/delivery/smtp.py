@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,10 +13,63 @@ import structlog
 from service.config import Settings
 from service.delivery.classify import DeliveryFailed, classify, describe, refusals, server_text
 from service.delivery.mime import addr_spec, build_mail_bytes, build_stdlib_bytes, envelope_recipients
+from service.delivery.tls import build_tls_context, certificate_failure, describe_certificate_failure
 from service.domain import SendTaken
 from service.outbox import Notification
 
 log = structlog.get_logger("service.delivery.smtp")
+
+STARTTLS_HINT = "set SMTP_STARTTLS=true (port 587) or SMTP_TLS=true (port 465)"
+
+
+async def _ehlo_or_helo_if_needed(smtp: aiosmtplib.SMTP) -> None:
+    """EHLO (HELO when the server refuses EHLO) unless the session has greeted already: what aiosmtplib's private
+    `_ehlo_or_helo_if_needed` does, with its public calls."""
+    if smtp.is_ehlo_or_helo_needed:
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            if not smtp.is_connected:
+                raise
+            await smtp.helo()
+
+
+class ConnectionFailed(DeliveryFailed):
+    """The relay refused the connection itself (unreachable, TLS, login, STARTTLS): the settings' or the server's
+    problem, never one mail's, so always worth a retry. `problem` says it in a few stable words for readiness."""
+
+    def __init__(self, problem: str, reason: str) -> None:
+        super().__init__(reason, transient=True)
+        self.problem = problem
+
+
+class _LoginState:
+    """Whether the relay refused our last login, in this process: `smtp_login_refused` is logged once when it
+    starts refusing and `smtp_login_accepted` once when it stops, not once per worker and attempt."""
+
+    def __init__(self) -> None:
+        self._refused: set[tuple[str, int, str]] = set()
+
+    def refused(self, settings: Settings, code: int, message: str) -> None:
+        key = (settings.SMTP_HOST, settings.SMTP_PORT, settings.SMTP_USERNAME or "")
+        if key not in self._refused:
+            self._refused.add(key)
+            log.error(
+                "smtp_login_refused",
+                host=settings.SMTP_HOST,
+                port=settings.SMTP_PORT,
+                smtp_reply=describe(code, message),
+                detail="check SMTP_USERNAME and SMTP_PASSWORD; mail stays queued and is retried",
+            )
+
+    def accepted(self, settings: Settings) -> None:
+        key = (settings.SMTP_HOST, settings.SMTP_PORT, settings.SMTP_USERNAME or "")
+        if key in self._refused:
+            self._refused.discard(key)
+            log.info("smtp_login_accepted", host=settings.SMTP_HOST, port=settings.SMTP_PORT)
+
+
+login_state = _LoginState()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,26 +107,103 @@ class SmtpConnection:
 
     async def _connect(self) -> _Smtp:
         s = self.settings
+        tls_context = None
+        if s.SMTP_TLS or s.SMTP_STARTTLS:
+            try:
+                tls_context = await asyncio.to_thread(build_tls_context, s)
+            except (OSError, ssl.SSLError) as exc:
+                # Checked at start; a file replaced or removed since then lands here.
+                raise ConnectionFailed("TLS settings unusable", f"SMTP TLS settings unusable: {exc}") from exc
         smtp = _Smtp(
             hostname=s.SMTP_HOST,
             port=s.SMTP_PORT,
             use_tls=s.SMTP_TLS,
             start_tls=s.SMTP_STARTTLS,
             timeout=s.SMTP_TIMEOUT_SECONDS,
-            username=s.SMTP_USERNAME,
-            password=s.SMTP_PASSWORD.get_secret_value() if s.SMTP_PASSWORD else None,
+            tls_context=tls_context,
         )
         try:
             await smtp.connect()
-        except aiosmtplib.SMTPResponseException as exc:
-            # Refused at greeting, EHLO or AUTH: a problem of the connection, not of this mail.
+            # EHLO now, not at the first mail: what the server offers decides the login, and the probe reports it.
+            await _ehlo_or_helo_if_needed(smtp)
+            if s.SMTP_USERNAME is not None:
+                await self._login(smtp)
+        except ConnectionFailed:
             smtp.close()
-            raise DeliveryFailed(f"connect: {describe(exc.code, exc.message)}", transient=True, code=exc.code) from exc
+            raise
         except (aiosmtplib.SMTPException, OSError) as exc:
             smtp.close()
-            raise DeliveryFailed(f"connect to {s.SMTP_HOST}:{s.SMTP_PORT}: {exc}", transient=True) from exc
+            raise self._connect_failed(exc) from exc
         log.debug("smtp_connected", host=s.SMTP_HOST, port=s.SMTP_PORT)
         return smtp
+
+    async def _login(self, smtp: _Smtp) -> None:
+        s = self.settings
+        assert s.SMTP_USERNAME is not None
+        assert s.SMTP_PASSWORD is not None
+        if not smtp.supports_extension("auth") and smtp.supports_extension("starttls") and not self.uses_tls:
+            # aiosmtplib's own words ("AUTH extension is not supported") hide that the server offers AUTH after
+            # STARTTLS only, as RFC 4954 servers should.
+            raise ConnectionFailed(
+                "STARTTLS required",
+                f"connect to {s.SMTP_HOST}:{s.SMTP_PORT}: the server offers AUTH only after STARTTLS, and"
+                f" SMTP_STARTTLS is off: {STARTTLS_HINT}",
+            )
+        await smtp.login(s.SMTP_USERNAME, s.SMTP_PASSWORD.get_secret_value())
+        login_state.accepted(s)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.settings.SMTP_TLS or self.settings.SMTP_STARTTLS
+
+    @property
+    def offers_starttls(self) -> bool:
+        """The open connection is in clear text, and the server would have upgraded it."""
+        return self._smtp is not None and not self.uses_tls and self._smtp.supports_extension("starttls")
+
+    def _connect_failed(self, exc: BaseException) -> ConnectionFailed:
+        """What stopped the connection, in the words an operator needs, naming the setting that fixes it."""
+        s = self.settings
+        where = f"connect to {s.SMTP_HOST}:{s.SMTP_PORT}"
+        if (failure := certificate_failure(exc)) is not None:
+            return ConnectionFailed(
+                "certificate verification failed", f"{where}: {describe_certificate_failure(failure, s)}"
+            )
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError) and 500 <= exc.code < 600:
+            # A wrong password is the operator's problem, not the message's: the mail is kept and retried.
+            login_state.refused(s, exc.code, exc.message)
+            return ConnectionFailed(
+                "authentication failed",
+                f"{where}: login refused: {describe(exc.code, exc.message)}: check SMTP_USERNAME and SMTP_PASSWORD",
+            )
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(exc, aiosmtplib.SMTPConnectError):
+            # Refused at greeting, EHLO or AUTH: a problem of the connection, not of this mail.
+            return ConnectionFailed("refused the session", f"connect: {describe(exc.code, exc.message)}")
+        if s.SMTP_STARTTLS and isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in str(exc):
+            return ConnectionFailed(
+                "STARTTLS not offered",
+                f"{where}: the server offers no STARTTLS, and SMTP_STARTTLS is on: is SMTP_PORT right? "
+                "(587 for STARTTLS; 465 is implicit TLS: SMTP_TLS=true)",
+            )
+        if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+            hint = ""
+            if s.SMTP_TLS and "WRONG_VERSION_NUMBER" in str(exc):
+                hint = ": the port does not speak TLS from the first byte; for 587 use SMTP_STARTTLS=true, not SMTP_TLS"
+            return ConnectionFailed("TLS handshake failed", f"{where}: TLS handshake failed: {exc}{hint}")
+        if isinstance(exc, TimeoutError):
+            return ConnectionFailed("timed out", f"{where}: {exc}")
+        if isinstance(exc, aiosmtplib.SMTPServerDisconnected) or isinstance(
+            exc.__cause__, aiosmtplib.SMTPServerDisconnected
+        ):
+            hint = ""
+            if self.uses_tls and s.SMTP_CLIENT_CERT_FILE is None:
+                # TLS 1.3 lets the handshake finish before the server checks for a client certificate: all the
+                # client sees of a refusal is the connection closing.
+                hint = ": a relay that wants a client certificate closes right after TLS (SMTP_CLIENT_CERT_FILE)"
+            return ConnectionFailed("closed by the server", f"{where}: the server closed the connection ({exc}){hint}")
+        if isinstance(exc, aiosmtplib.SMTPConnectError):
+            return ConnectionFailed("unreachable", f"{where}: {exc}")
+        return ConnectionFailed("connection failed", f"{where}: {exc}")
 
     async def send(self, notification: Notification) -> SendTaken:
         """Send within SEND_TIMEOUT_SECONDS; raise DeliveryFailed saying whether a retry may help."""
@@ -124,7 +255,7 @@ class SmtpConnection:
                     transient=True,
                 ) from exc
             if not reused:
-                raise classify(exc) from exc
+                raise self._classify(exc) from exc
             # The server had closed a kept-open connection (idle timeout) before this mail's content went out:
             # one fresh try, not an attempt.
             self._smtp = await self._connect()
@@ -132,23 +263,17 @@ class SmtpConnection:
                 errors, reply = await self._send_mail(self._smtp, mail)
             except Exception as retry_exc:
                 self._close_if_broken(retry_exc)
-                raise classify(retry_exc) from retry_exc
+                raise self._classify(retry_exc) from retry_exc
         except Exception as exc:
             self._close_if_broken(exc)
-            raise classify(exc) from exc
+            raise self._classify(exc) from exc
         return SendTaken(smtp_reply=server_text(f"250 {reply}"), refused=refusals(errors))
 
     async def _send_mail(self, smtp: _Smtp, mail: _Mail) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         """sendmail with the MAIL options send_message would have chosen for this server, in its order."""
         smtp.data_began = False
-        if smtp.is_ehlo_or_helo_needed:
-            # What send_message does first, with public calls: the extensions read below come from EHLO.
-            try:
-                await smtp.ehlo()
-            except aiosmtplib.SMTPHeloError:
-                if not smtp.is_connected:
-                    raise
-                await smtp.helo()
+        # What send_message does first: the extensions read below come from EHLO.
+        await _ehlo_or_helo_if_needed(smtp)
         options = []
         if mail.utf8:
             if not smtp.supports_extension("smtputf8"):
@@ -164,6 +289,22 @@ class SmtpConnection:
             # Only the stdlib path writes 8bit; without 8BITMIME it re-encodes those parts as 7bit.
             data = build_stdlib_bytes(mail.notification, self.settings.MAIL_FROM, utf8=mail.utf8, cte_type="7bit")
         return await smtp.sendmail(mail.sender, mail.recipients, data, mail_options=options)
+
+    def _classify(self, exc: BaseException) -> DeliveryFailed:
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code == 530:
+            # 530 (RFC 3207, 4954) refuses the session, not this mail: a 5xx that must be retried, not failed.
+            reply = describe(exc.code, exc.message)
+            if not self.uses_tls and "STARTTLS" in exc.message.upper():
+                return ConnectionFailed(
+                    "STARTTLS required",
+                    f"{reply}: the server requires STARTTLS, and SMTP_STARTTLS is off: {STARTTLS_HINT}",
+                )
+            if self.settings.SMTP_USERNAME is None:
+                return ConnectionFailed(
+                    "authentication required",
+                    f"{reply}: the server requires a login: set SMTP_USERNAME and SMTP_PASSWORD",
+                )
+        return classify(exc)
 
     def _close_if_broken(self, exc: BaseException) -> None:
         if not isinstance(exc, (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused)):

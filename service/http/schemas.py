@@ -65,11 +65,36 @@ class ReadinessChecks(BaseModel):
     dispatcher: Literal["pass", "fail"] = "pass"
 
 
+class CheckDetail(BaseModel):
+    reason: str | None = Field(None, description="Why the check does not pass, in a few words; null when it does")
+
+
+class SmtpCheckDetail(CheckDetail):
+    reason: str | None = Field(
+        None,
+        description="null when it passes; else a few stable words: unreachable, timed out, refused the session,"
+        " certificate verification failed, TLS handshake failed, STARTTLS required, STARTTLS not offered,"
+        " authentication failed, closed by the server, connection failed, TLS settings unusable",
+    )
+    error: str | None = Field(None, description="What the server or the TLS layer said, and the setting to look at")
+    tls: Literal["none", "starttls", "implicit"] = Field(description="SMTP_STARTTLS / SMTP_TLS as configured")
+    verify_certs: bool = Field(description="SMTP_VERIFY_CERTS: whether the relay's certificate is checked")
+    warnings: list[str] = Field(default_factory=list, description="What works but an operator should know")
+
+
+class ReadinessDetails(BaseModel):
+    outbox: CheckDetail
+    smtp: SmtpCheckDetail
+    dispatcher: CheckDetail
+
+
 class Readiness(BaseModel):
     status: Literal["pass", "warn", "fail"]
     checks: ReadinessChecks
     # The last outbox schema migration applied (None while the outbox cannot be read).
     schema_version: int | None = None
+    # Added beside `checks`, which keep their shape: why a check fails, and how SMTP is secured.
+    details: ReadinessDetails | None = None
 
 
 class StatusCounts(BaseModel):

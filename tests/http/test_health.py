@@ -12,6 +12,7 @@ from tests.postgres import latest_migration
 from tests.smtp_sink import SmtpSink
 
 LATEST_SQLITE_MIGRATION = latest_migration("sqlite")
+PLAIN_SMTP = {"tls": "none", "verify_certs": True, "warnings": []}
 
 
 async def test_live_answers_while_the_process_serves(service: Service) -> None:
@@ -29,6 +30,11 @@ async def test_ready_passes_with_smtp_and_outbox_working(service: Service) -> No
         "status": "pass",
         "checks": {"outbox": "pass", "smtp": "pass", "dispatcher": "pass"},
         "schema_version": LATEST_SQLITE_MIGRATION,
+        "details": {
+            "outbox": {"reason": None},
+            "smtp": {"reason": None, "error": None, **PLAIN_SMTP},
+            "dispatcher": {"reason": None},
+        },
     }
 
 
@@ -42,11 +48,19 @@ async def test_ready_warns_while_smtp_is_unreachable_and_mail_is_still_accepted(
         )
 
     assert response.status_code == 200
-    assert response.json() == {
+    body = response.json()
+    smtp = body["details"]["smtp"]
+    assert body == {
         "status": "warn",
         "checks": {"outbox": "pass", "smtp": "fail", "dispatcher": "pass"},
         "schema_version": LATEST_SQLITE_MIGRATION,
+        "details": {
+            "outbox": {"reason": None},
+            "smtp": {"reason": "unreachable", "error": smtp["error"], **PLAIN_SMTP},
+            "dispatcher": {"reason": None},
+        },
     }
+    assert f"127.0.0.1:{unreachable_port}" in smtp["error"]
     assert accepted.status_code == 202
 
 
@@ -62,6 +76,7 @@ async def test_ready_fails_with_503_when_the_outbox_cannot_be_written(service: S
     assert response.status_code == 503
     assert response.json()["status"] == "fail"
     assert response.json()["checks"]["outbox"] == "fail"
+    assert response.json()["details"]["outbox"]["reason"].startswith("cannot be written: ")
 
 
 @pytest.mark.parametrize("own_process", [False, True], ids=["in-process", "own-process"])
@@ -76,4 +91,5 @@ async def test_ready_warns_while_the_dispatcher_is_not_running(
     assert response.status_code == 200
     assert response.json()["status"] == "warn"
     assert response.json()["checks"] == {"outbox": "pass", "smtp": "pass", "dispatcher": "fail"}
+    assert response.json()["details"]["dispatcher"]["reason"].startswith("not running")
     assert accepted.status_code == 202

@@ -30,6 +30,11 @@ async def test_the_service_on_postgresql_accepts_delivers_and_reports_its_schema
         "status": "pass",
         "checks": {"outbox": "pass", "smtp": "pass", "dispatcher": "pass"},
         "schema_version": latest_migration("postgres"),
+        "details": {
+            "outbox": {"reason": None},
+            "smtp": {"reason": None, "error": None, "tls": "none", "verify_certs": True, "warnings": []},
+            "dispatcher": {"reason": None},
+        },
     }
     assert [n["id"] for n in listed.json()["items"]] == [sent["id"]]
     # The database URL is logged (service_started) without its password.

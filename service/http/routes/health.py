@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.http.deps import DatabaseDep, DispatcherDep, SmtpProbeDep
-from service.http.schemas import Readiness, ReadinessChecks
+from service.http.deps import DatabaseDep, DispatcherDep, SettingsDep, SmtpProbeDep
+from service.http.schemas import CheckDetail, Readiness, ReadinessChecks, ReadinessDetails, SmtpCheckDetail
 from service.outbox import OutboxUnavailable
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -24,20 +24,36 @@ async def live() -> dict[str, str]:
     summary="pass: ready; warn: SMTP unreachable or the dispatcher down, mail is accepted and waits;"
     " fail: outbox unwritable",
 )
-async def ready(database: DatabaseDep, smtp_probe: SmtpProbeDep, dispatcher: DispatcherDep) -> JSONResponse:
+async def ready(
+    database: DatabaseDep, smtp_probe: SmtpProbeDep, dispatcher: DispatcherDep, settings: SettingsDep
+) -> JSONResponse:
     schema_version = None
+    outbox_reason = None
     try:
         await database.check_writable()
         outbox_check = "pass"
         schema_version = await database.schema_version()
-    except OutboxUnavailable:
+    except OutboxUnavailable as exc:
         outbox_check = "fail"
-    smtp_check = "pass" if await smtp_probe.check() else "fail"
+        outbox_reason = f"cannot be written: {exc}"
+    smtp = await smtp_probe.check_details()
+    smtp_check = "pass" if smtp.ok else "fail"
     dispatcher_check = "pass" if dispatcher.running else "fail"
     overall = "fail" if outbox_check == "fail" else "warn" if "fail" in (smtp_check, dispatcher_check) else "pass"
     body = Readiness(
         status=overall,
         checks=ReadinessChecks(outbox=outbox_check, smtp=smtp_check, dispatcher=dispatcher_check),
         schema_version=schema_version,
+        details=ReadinessDetails(
+            outbox=CheckDetail(reason=outbox_reason),
+            smtp=SmtpCheckDetail(
+                reason=smtp.reason,
+                error=smtp.error,
+                tls="implicit" if settings.SMTP_TLS else "starttls" if settings.SMTP_STARTTLS else "none",
+                verify_certs=settings.SMTP_VERIFY_CERTS,
+                warnings=smtp.warnings,
+            ),
+            dispatcher=CheckDetail(reason=None if dispatcher.running else "not running (being restarted, or stuck)"),
+        ),
     )
     return JSONResponse(body.model_dump(), status_code=503 if overall == "fail" else 200)
