@@ -34,9 +34,10 @@ COPY --from=build /app/.venv /app/.venv
 COPY service ./service
 # The mail templates (TEMPLATES_DIR defaults to config/templates); mount over it to use your own.
 COPY config/templates ./config/templates
-# The outbox lives here (OUTBOX_PATH defaults to data/outbox.sqlite3). An empty named volume mounted on it
-# starts as a copy of this folder, owner included, so the non-root user can write to it.
-RUN mkdir -p /app/data && chown notifier:notifier /app/data
+# The outbox lives here (OUTBOX_PATH defaults to data/outbox.sqlite3), CSV uploads in data/jobs (JOBS_DIR). An
+# empty named volume mounted on either starts as a copy of its folder, owner included; a folder missing here would
+# be made by Docker, owned by root, and the non-root user could not write to it (tests/compose/test_contract.py).
+RUN mkdir -p /app/data/jobs && chown notifier:notifier /app/data /app/data/jobs
 USER notifier
 EXPOSE 8000
 # Slim images have no curl: ask /health/live with the Python that is already there.

@@ -3,9 +3,8 @@ documented there and in the README, the compose files validate, and the image in
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from service.config import SECRET_FIELDS, Settings
+from tests.tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILES = ["docker-compose.yml", "docker-compose.mailpit.yml"]
@@ -131,11 +131,7 @@ def for_compose_v1(compose: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("files", [COMPOSE_FILES[:1], COMPOSE_FILES], ids=["mailhog", "mailpit"])
 def test_compose_files_validate(files: list[str], tmp_path: Path) -> None:
-    docker_compose = shutil.which("docker-compose")
-    if docker_compose is None:
-        if os.environ.get("CI"):
-            pytest.fail("docker-compose is missing: .ci/run installs Debian's docker-compose package")
-        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    docker_compose = find_tool("docker-compose", package="docker-compose", variable="REQUIRE_DOCKER_COMPOSE")
     arguments = []
     for name in files:
         rewritten = tmp_path / name
@@ -151,3 +147,55 @@ def test_compose_files_validate(files: list[str], tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def folders_given_to_the_notifier_user() -> tuple[set[str], set[str]]:
+    """The folders the image's runtime stage makes (`mkdir`) and those it hands to `notifier` (`chown`)."""
+    runtime = (ROOT / "Dockerfile").read_text().split(" AS runtime", 1)[1]
+    steps = re.sub(r"\\\n\s*", " ", runtime.split("\nUSER notifier", 1)[0])
+    made: set[str] = set()
+    owned: set[str] = set()
+    for line in steps.splitlines():
+        if not line.startswith("RUN "):
+            continue
+        for command in line.removeprefix("RUN ").split("&&"):
+            program, *arguments = shlex.split(command)
+            paths = [argument for argument in arguments if argument.startswith("/")]
+            if program == "mkdir":  # `-p` makes the parents too
+                made.update(str(folder) for path in paths for folder in (Path(path), *Path(path).parents))
+            elif program == "chown" and "notifier:notifier" in arguments:
+                owned.update(paths)
+    return made, owned
+
+
+def named_volume_targets(service: dict[str, Any]) -> list[str]:
+    """Where the service mounts named volumes (not host folders, which keep the host's owner)."""
+    targets = []
+    for volume in service.get("volumes", []):
+        source, target = (volume["source"], volume["target"]) if isinstance(volume, dict) else volume.split(":")[:2]
+        if not source.startswith((".", "/", "~")):
+            targets.append(target)
+    return targets
+
+
+def test_every_volume_of_the_image_is_a_folder_the_notifier_user_owns() -> None:
+    # Docker makes a missing mount point owned by root, and the non-root service then cannot write to it
+    # (the `scale` profile's CSV jobs answered 500 with Permission denied, issue 14).
+    made, owned = folders_given_to_the_notifier_user()
+    for name, service in notifier_services(load_compose()).items():
+        targets = named_volume_targets(service)
+        assert targets, f"{name} keeps nothing on a volume"
+        for target in targets:
+            assert target in made, f"{name} mounts a volume on {target}: the Dockerfile must `mkdir -p {target}`"
+            assert target in owned, f"{name} mounts a volume on {target}: the Dockerfile must chown it to notifier"
+        # The CSV uploads (JOBS_DIR, relative to WORKDIR /app) land on one of those volumes, so they survive.
+        default = Settings.model_fields["JOBS_DIR"].default
+        jobs_dir = Path("/app") / str(environment_of(service).get("JOBS_DIR", default))
+        assert any(jobs_dir.is_relative_to(target) for target in targets), f"{name}: {jobs_dir} is on no volume"
+
+
+def test_prometheus_waits_for_no_notifier() -> None:
+    # It finds the notifiers by DNS whenever they run; depending on one breaks `--scale notifier=0` (Compose 2.23).
+    compose = load_compose()
+    depends_on = compose["services"]["prometheus"].get("depends_on", [])
+    assert not set(depends_on) & set(notifier_services(compose))
