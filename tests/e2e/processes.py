@@ -119,7 +119,7 @@ class ServiceProcess:
         self._log_file.close()
 
 
-async def start_service(env: dict[str, str], log_path: Path, *, timeout: float = 30) -> ServiceProcess:
+async def start_service(env: dict[str, str], log_path: Path, *, timeout: float = 90) -> ServiceProcess:
     """uvicorn in a subprocess on a free port, in the log's folder; returns once /health/live answers."""
     port = free_port()
     log_file = log_path.open("ab")

@@ -71,7 +71,7 @@ def replicas(count: int, tmp_path: Path, postgres_url: str, smtp_port: int, **en
                     stderr=subprocess.STDOUT,
                 )
             started.append(Replica(process, f"http://127.0.0.1:{port}", log_path))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a generous deadline, not a wait: CI machines are noisy
         for replica in started:
             while True:
                 try:
