@@ -101,9 +101,11 @@ class RecordingHandler:
 
 
 class SmtpSink:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, smtputf8: bool = False) -> None:
         self.port = port or free_port()
         self.handler = RecordingHandler()
+        # A server that offers SMTPUTF8 takes addresses whose local part is not ASCII.
+        self.smtputf8 = smtputf8
         self._controller: Controller | None = None
 
     @property
@@ -111,7 +113,9 @@ class SmtpSink:
         return self.handler.received
 
     def start(self) -> SmtpSink:
-        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+        self._controller = Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10, enable_SMTPUTF8=self.smtputf8
+        )
         self._controller.start()
         return self
 
