@@ -3,15 +3,19 @@ no second mail.
 
 The key's record (the first answer) is written by the outbox in the same transaction as the notifications
 that answer describes, so a crash never leaves one without the other. While a request with a key is being
-handled, the key is held in memory: a second request with it is told 409 instead of racing the first.
-Any route that accepts notifications uses it the same way:
+handled, the key is held in memory: a second request with it gets the stored answer when there is one by
+then, else 409 instead of racing the first. A finished key always replays, on any replica. Any route that
+accepts notifications uses it the same way:
 
     async with idempotency.begin(request, idempotency_key, body) as claim:
         if claim.replay is not None:
             return claim.replay
         ...build the notifications and the answer...
         record = claim.record(202, answer_bytes, {"Location": ...})   # None without a key
-        await outbox.add(notifications, idempotency=record)
+        try:
+            await outbox.add(notifications, idempotency=record)
+        except IdempotencyKeyTaken:
+            return await idempotency.replay_taken(claim)   # another replica stored it first
 """
 
 from __future__ import annotations
@@ -153,18 +157,37 @@ class Idempotency:
         claim = Claim(caller_scope(request), key, fingerprint(request, body), self.ttl_seconds)
         held = (claim.scope, key)
         if held in self._in_flight:
-            raise _in_progress(key)
+            # The holder may be a retry that is only looking the key up, of a request that finished long ago:
+            # 409 only when there is no stored answer to give.
+            claim.replay = await self._replay(claim)
+            if claim.replay is None:
+                raise _in_progress(key)
+            yield claim
+            return
         self._in_flight.add(held)
         try:
-            stored = await self.store.get(claim.scope, key, time.time())
-            if stored is not None:
-                if stored.fingerprint != claim.fingerprint:
-                    raise _different_body(key)
-                log.info("idempotent_replay", idempotency_key=key)
-                claim.replay = replay_of(stored)
+            claim.replay = await self._replay(claim)
             yield claim
         finally:
             self._in_flight.discard(held)
+
+    async def replay_taken(self, claim: Claim) -> Response:
+        """The answer when the outbox found the key taken at commit: another replica stored it meanwhile."""
+        replay = await self._replay(claim)
+        if replay is None:
+            raise _in_progress(claim.key or "")
+        return replay
+
+    async def _replay(self, claim: Claim) -> Response | None:
+        """The stored answer for the claim's key, or None; 422 when the key was first used for another request."""
+        assert claim.key is not None
+        stored = await self.store.get(claim.scope, claim.key, time.time())
+        if stored is None:
+            return None
+        if stored.fingerprint != claim.fingerprint:
+            raise _different_body(claim.key)
+        log.info("idempotent_replay", idempotency_key=claim.key)
+        return replay_of(stored)
 
     async def sweep_expired_forever(self) -> None:
         interval = min(SWEEP_INTERVAL_SECONDS, self.ttl_seconds)
@@ -177,8 +200,3 @@ class Idempotency:
                 if swept:
                     log.info("idempotency_keys_swept", count=swept)
             await asyncio.sleep(interval)
-
-
-def taken_elsewhere(key: str) -> HTTPException:
-    """IdempotencyKeyTaken from the outbox: another process stored the key between our lookup and commit."""
-    return _in_progress(key)

@@ -20,7 +20,6 @@ from service.http.idempotency import (
     REPLAYED_HEADER,
     REPLAYED_HEADER_DOC,
     IdempotencyKeyHeader,
-    taken_elsewhere,
 )
 from service.http.routes.notifications import new_notification
 from service.http.routes.templates import render_request
@@ -118,7 +117,7 @@ async def create_batch(
                 # One transaction for every valid item, with the key's record (the answer) when there is a key.
                 await outbox.add(accepted, idempotency=claim.record(status.HTTP_202_ACCEPTED, answer, {}))
             except IdempotencyKeyTaken:
-                raise taken_elsewhere(claim.key or "") from None
+                return await idempotency.replay_taken(claim)
             dispatcher.metrics.notifications_accepted.inc(len(accepted))
             for notification in accepted:
                 with structlog.contextvars.bound_contextvars(notification_id=notification.id):
