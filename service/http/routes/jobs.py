@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -272,10 +273,20 @@ async def get_job(job_id: str, store: JobStoreDep) -> JobStatus:
     return to_job_status(await _job_or_404(store, job_id))
 
 
+# OWASP's CSV injection list: a cell whose text starts (after any spaces) with = + - @, or starts with a tab or
+# CR, is a formula to a spreadsheet; some locales' spreadsheets read the full-width = + - @ the same way.
+_FORMULA = "=+\\-@\uff1d\uff0b\uff0d\uff20"
+_FORMULA_START = re.compile(rf"^(?:[\t\r]|\s*[{_FORMULA}])")
+# The same behind a delimiter or quote: a spreadsheet splitting at ';' or tab (not ',') starts a cell there.
+_FORMULA_AFTER_DELIMITER = re.compile(rf"([,;\t\r\n\"'][\s\"']*)(?=[{_FORMULA}])")
+
+
 def _cell(value: Any) -> str:
-    # A cell starting with = + - @ is a formula to a spreadsheet; these come from the uploader's own CSV.
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    """A cell of the uploader's own text, read by a spreadsheet as text: a leading `'` where a formula could
+    start (OWASP's advice), and no raw NUL, which no spreadsheet or text tool expects in a CSV."""
+    text = "" if value is None else str(value).replace("\x00", "\ufffd")
+    text = _FORMULA_AFTER_DELIMITER.sub(r"\1'", text)
+    return "'" + text if _FORMULA_START.match(text) else text
 
 
 @router.get(
