@@ -116,7 +116,10 @@ class JobReader:
                 return
             except ValueError as exc:
                 reason = str(exc)
-        chunk.errors.append(RowError(row=number, email=raw_email, reason=reason))
+        # What the uploader wrote, but no NUL: PostgreSQL cannot store one, and the chunk's write would fail
+        # for ever (the job stuck as "outbox unavailable").
+        email = None if raw_email is None else raw_email.replace("\x00", "\ufffd")
+        chunk.errors.append(RowError(row=number, email=email, reason=reason.replace("\x00", "\ufffd")))
 
     def _notification(self, number: int, data: dict[str, str]) -> Notification:
         if EMAIL_COLUMN not in data:
