@@ -276,3 +276,43 @@ async def test_errors_csv_neutralises_every_formula_and_holds_no_nul(tmp_path: P
             for cell in row:
                 assert not cell.lstrip().startswith(FORMULA_STARTS), (delimiter, cell)
                 assert not cell.startswith(("\t", "\r")), (delimiter, cell)
+
+
+async def test_an_empty_file_is_reported_as_empty_not_as_missing(service: Service) -> None:
+    empty = await upload(service, b"")
+    only_a_bom = await upload(service, b"\xef\xbb\xbf")
+
+    assert [empty.status_code, only_a_bom.status_code] == [422, 422]
+    for response in (empty, only_a_bom):
+        assert "the file is empty" in detail(response), detail(response)
+        assert "no `file` part" not in detail(response)
+
+
+async def test_a_bad_byte_is_reported_where_it_is_in_the_file(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    head = people_csv(5000) + b"person-x@example.com,Zo"
+    deep = head + "é,https://example.com\n".encode("latin-1")
+    assert len(head) > 64 * 1024, "deeper than any read chunk"
+    # In the header row, after a byte-order mark: the offset counts the mark's three bytes too.
+    in_header = b"\xef\xbb\xbfemail,pr\xe9nom\na@example.com,Zoe\n"
+    async with running(make_settings(tmp_path, smtp_sink.port, JOBS_DIR=tmp_path / "jobs")) as service:
+        response = await upload(service, deep)
+        assert response.status_code == 202, response.text
+        failed = await wait_for_job(service, response.json()["id"], "done", "failed")
+        refused = await upload(service, in_header)
+
+    assert failed["status"] == "failed"
+    assert f"not UTF-8 text: byte 0xe9 at byte offset {len(head)} (line 5002)" in failed["reason"], failed["reason"]
+    assert refused.status_code == 422
+    assert "not UTF-8 text: byte 0xe9 at byte offset 11 (line 1)" in detail(refused), detail(refused)
+
+
+async def test_a_row_the_csv_reader_cannot_take_is_reported_with_its_line(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    # A field over the csv module's limit (128 KiB) on the CSV's line 4.
+    content = people_csv(2) + b'"' + b"x" * 200_000 + b'",Zoe,https://example.com\n'
+    async with running(make_settings(tmp_path, smtp_sink.port, JOBS_DIR=tmp_path / "jobs")) as service:
+        response = await upload(service, content)
+        failed = await wait_for_job(service, response.json()["id"], "done", "failed")
+
+    assert failed["status"] == "failed"
+    assert "line 4" in failed["reason"], failed["reason"]
+    assert "field larger than field limit" in failed["reason"]

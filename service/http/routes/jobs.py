@@ -130,10 +130,13 @@ async def receive_upload(request: Request, path: Path, max_bytes: int) -> tuple[
         part.header_value += data[start:end]
 
     def on_header_end() -> None:
+        nonlocal got_file
         if part.header_field.lower() == b"content-disposition":
             _, disposition = parse_options_header(part.header_value)
             part.name = disposition.get(b"name", b"").decode("utf-8", "replace")
             part.is_file = part.name == "file"
+            # Known from the part's headers: an empty file sends no data, and is then "empty", not "missing".
+            got_file = got_file or part.is_file
         part.header_field, part.header_value = b"", b""
 
     def on_part_begin() -> None:
@@ -162,7 +165,6 @@ async def receive_upload(request: Request, path: Path, max_bytes: int) -> tuple[
             file_bytes = bytearray()
             for name, data in events:
                 if name == "file":
-                    got_file = True
                     file_bytes += data
                 elif name:
                     value = fields.setdefault(name, bytearray())
@@ -199,8 +201,8 @@ async def receive_upload(request: Request, path: Path, max_bytes: int) -> tuple[
         422: {
             # FastAPI's own schema of a 422, defined because the JSON routes use it.
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
-            "description": "Not multipart, no `file` or `template`, an unknown template, or a CSV without an"
-            " `email` column or not in UTF-8",
+            "description": "Not multipart, no `file` or `template`, an unknown template, or a CSV that is empty,"
+            " has no `email` column or is not UTF-8 (the byte offset and line say where)",
         },
     },
     openapi_extra={
