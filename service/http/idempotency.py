@@ -147,7 +147,9 @@ class Idempotency:
     def __init__(self, store: IdempotencyStore, ttl_seconds: float) -> None:
         self.store = store
         self.ttl_seconds = ttl_seconds
-        self._in_flight: set[tuple[str, str]] = set()
+        # Each key in flight with its holder's lookup of the stored answer, which answers for every request
+        # that comes with the key meanwhile.
+        self._in_flight: dict[tuple[str, str], asyncio.Task[IdempotencyRecord | None]] = {}
 
     @asynccontextmanager
     async def begin(self, request: Request, key: str | None, body: BaseModel) -> AsyncIterator[Claim]:
@@ -156,34 +158,40 @@ class Idempotency:
             return
         claim = Claim(caller_scope(request), key, fingerprint(request, body), self.ttl_seconds)
         held = (claim.scope, key)
-        if held in self._in_flight:
-            # The holder may be a retry that is only looking the key up, of a request that finished long ago:
-            # 409 only when there is no stored answer to give.
-            claim.replay = await self._replay(claim)
-            if claim.replay is None:
+        holders_lookup = self._in_flight.get(held)
+        if holders_lookup is not None:
+            # The holder may be a retry of a request that finished long ago, only looking its answer up: then
+            # that answer replays here too. 409 only when the holder found none, so is being handled itself.
+            stored = await asyncio.shield(holders_lookup)
+            if stored is None:
                 raise _in_progress(key)
+            claim.replay = self._replay_of(claim, stored)
             yield claim
             return
-        self._in_flight.add(held)
+        # A task of its own (and shielded): a holder that goes away (its client hung up) does not cancel the
+        # lookup the others wait for.
+        lookup = asyncio.create_task(self.store.get(claim.scope, key, time.time()))
+        self._in_flight[held] = lookup
         try:
-            claim.replay = await self._replay(claim)
+            stored = await asyncio.shield(lookup)
+            if stored is not None:
+                claim.replay = self._replay_of(claim, stored)
             yield claim
         finally:
-            self._in_flight.discard(held)
+            del self._in_flight[held]
 
     async def replay_taken(self, claim: Claim) -> Response:
         """The answer when the outbox found the key taken at commit: another replica stored it meanwhile."""
-        replay = await self._replay(claim)
-        if replay is None:
-            raise _in_progress(claim.key or "")
-        return replay
-
-    async def _replay(self, claim: Claim) -> Response | None:
-        """The stored answer for the claim's key, or None; 422 when the key was first used for another request."""
         assert claim.key is not None
         stored = await self.store.get(claim.scope, claim.key, time.time())
         if stored is None:
-            return None
+            raise _in_progress(claim.key)
+        return self._replay_of(claim, stored)
+
+    @staticmethod
+    def _replay_of(claim: Claim, stored: IdempotencyRecord) -> Response:
+        """The stored answer, replayed; 422 when the key was first used for another request."""
+        assert claim.key is not None
         if stored.fingerprint != claim.fingerprint:
             raise _different_body(claim.key)
         log.info("idempotent_replay", idempotency_key=claim.key)
