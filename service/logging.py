@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,23 @@ import structlog
 from structlog.typing import Processor
 
 from service.config import Settings
+
+# A logged value (a URL, an error, a client's text) longer than this is cut: one line stays readable and
+# bounded whatever a client sends.
+MAX_LOGGED_VALUE_CHARS = 2_000
+# A traceback keeps its start (where it entered our code) and its end (the failing frames and the error): a
+# RecursionError's ran to ~127 KB.
+MAX_LOGGED_TRACEBACK_CHARS = 10_000
+_TRACEBACK_KEYS = frozenset({"exception", "stack", "stack_info"})
+_CONTAINERS = frozenset({dict, list, tuple, set, bytes})
+# A query parameter whose name says it holds a credential (api_key, token, access_token, X-Api-Key, password).
+_CREDENTIAL_WORDS = "key|token|secret|passw|pwd|auth|sig|credential|session"
+_CREDENTIAL_WORD = re.compile(_CREDENTIAL_WORDS)
+_CREDENTIAL_IN_QUERY = re.compile(
+    rf"([?&;](?=[^=&;#\s\"]*(?:{_CREDENTIAL_WORDS}))[^=&;#\s\"]*=)[^&;#\s\"]*", re.IGNORECASE
+)
+# uvicorn's access line for a refused request (401): its whole query goes, whatever the names in it.
+_UNAUTHENTICATED_ACCESS = re.compile(r'^(.* - "\S+ [^?\s]*\?)\S*( HTTP/[0-9.]+" 401)$', re.DOTALL)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -34,6 +52,7 @@ def configure_logging(settings: Settings) -> None:
     ]
     if json_output:
         shared.append(structlog.processors.format_exc_info)
+    shared.append(redact_and_cap)
 
     structlog.configure(
         # Our own events skip the standard library: no LogRecord and no formatter copy per event, about half
@@ -62,6 +81,49 @@ def configure_logging(settings: Settings) -> None:
         uvicorn_logger.propagate = True
     # aiosmtplib and asyncio are chatty at DEBUG; their failures reach us as exceptions anyway.
     logging.getLogger("aiosmtplib").setLevel(max(logging.INFO, root.level))
+
+
+def redact_and_cap(logger: Any, method_name: str, event_dict: Any) -> Any:
+    """The last shared processor: credentials in a URL's query redacted, every value cut to a bounded size.
+    A short value without `?` (nearly all of them) costs one type check, one length and one `in`."""
+    if "exc_info" in event_dict:
+        # Rendered here for the console too (its renderer would write it whole): the same plain text.
+        event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
+    for key, value in event_dict.items():
+        kind = type(value)
+        if kind is str:
+            if len(value) <= MAX_LOGGED_VALUE_CHARS and "?" not in value:
+                continue
+            if "?" in value:
+                value = _redact_query(value, event_dict.get("logger") == "uvicorn.access")
+            if key in _TRACEBACK_KEYS:
+                if len(value) > MAX_LOGGED_TRACEBACK_CHARS:
+                    value = _cut(value, MAX_LOGGED_TRACEBACK_CHARS, keep_end=True)
+            elif len(value) > MAX_LOGGED_VALUE_CHARS:
+                value = _cut(value, MAX_LOGGED_VALUE_CHARS, keep_end=False)
+            event_dict[key] = value
+        elif kind in _CONTAINERS:
+            text = repr(value)
+            if len(text) > MAX_LOGGED_VALUE_CHARS:
+                event_dict[key] = _cut(text, MAX_LOGGED_VALUE_CHARS, keep_end=False)
+    return event_dict
+
+
+def _redact_query(text: str, access_line: bool) -> str:
+    if access_line and text.endswith(" 401"):
+        text = _UNAUTHENTICATED_ACCESS.sub(r"\1[redacted]\2", text)
+    # The case-blind regex is slow (~20 µs a line): a plain search of the lowered text decides first.
+    if _CREDENTIAL_WORD.search(text.lower()) is None:
+        return text
+    return _CREDENTIAL_IN_QUERY.sub(r"\1[redacted]", text)
+
+
+def _cut(text: str, limit: int, *, keep_end: bool) -> str:
+    cut = len(text) - limit
+    if not keep_end:
+        return f"{text[:limit]}… [{cut} characters cut]"
+    head = limit // 5
+    return f"{text[:head]}\n… [{cut} characters cut] …\n{text[head - limit :]}"
 
 
 class StdlibRecordFormatter(logging.Formatter):

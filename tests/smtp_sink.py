@@ -104,15 +104,21 @@ class RecordingHandler:
 
 class SmtpSink:
     """`ssl_context`: implicit TLS from the first byte; `server_options`: aiosmtpd's SMTP options (tls_context for
-    STARTTLS, require_starttls, authenticator, auth_required, ...)."""
+    STARTTLS, require_starttls, authenticator, auth_required, ...); `smtputf8`: a server that offers SMTPUTF8
+    takes addresses whose local part is not ASCII."""
 
     def __init__(
-        self, port: int | None = None, *, ssl_context: ssl.SSLContext | None = None, **server_options: Any
+        self,
+        port: int | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        smtputf8: bool = False,
+        **server_options: Any,
     ) -> None:
         self.port = port or free_port()
         self.handler = RecordingHandler()
         self.ssl_context = ssl_context
-        self.server_options = server_options
+        self.server_options = {"enable_SMTPUTF8": smtputf8, **server_options}
         self._controller: Controller | None = None
 
     @property

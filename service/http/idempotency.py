@@ -3,15 +3,19 @@ no second mail.
 
 The key's record (the first answer) is written by the outbox in the same transaction as the notifications
 that answer describes, so a crash never leaves one without the other. While a request with a key is being
-handled, the key is held in memory: a second request with it is told 409 instead of racing the first.
-Any route that accepts notifications uses it the same way:
+handled, the key is held in memory: a second request with it gets the stored answer when there is one by
+then, else 409 instead of racing the first. A finished key always replays, on any replica. Any route that
+accepts notifications uses it the same way:
 
     async with idempotency.begin(request, idempotency_key, body) as claim:
         if claim.replay is not None:
             return claim.replay
         ...build the notifications and the answer...
         record = claim.record(202, answer_bytes, {"Location": ...})   # None without a key
-        await outbox.add(notifications, idempotency=record)
+        try:
+            await outbox.add(notifications, idempotency=record)
+        except IdempotencyKeyTaken:
+            return await idempotency.replay_taken(claim)   # another replica stored it first
 """
 
 from __future__ import annotations
@@ -143,7 +147,9 @@ class Idempotency:
     def __init__(self, store: IdempotencyStore, ttl_seconds: float) -> None:
         self.store = store
         self.ttl_seconds = ttl_seconds
-        self._in_flight: set[tuple[str, str]] = set()
+        # Each key in flight with its holder's lookup of the stored answer, which answers for every request
+        # that comes with the key meanwhile.
+        self._in_flight: dict[tuple[str, str], asyncio.Task[IdempotencyRecord | None]] = {}
 
     @asynccontextmanager
     async def begin(self, request: Request, key: str | None, body: BaseModel) -> AsyncIterator[Claim]:
@@ -152,19 +158,44 @@ class Idempotency:
             return
         claim = Claim(caller_scope(request), key, fingerprint(request, body), self.ttl_seconds)
         held = (claim.scope, key)
-        if held in self._in_flight:
-            raise _in_progress(key)
-        self._in_flight.add(held)
+        holders_lookup = self._in_flight.get(held)
+        if holders_lookup is not None:
+            # The holder may be a retry of a request that finished long ago, only looking its answer up: then
+            # that answer replays here too. 409 only when the holder found none, so is being handled itself.
+            stored = await asyncio.shield(holders_lookup)
+            if stored is None:
+                raise _in_progress(key)
+            claim.replay = self._replay_of(claim, stored)
+            yield claim
+            return
+        # A task of its own (and shielded): a holder that goes away (its client hung up) does not cancel the
+        # lookup the others wait for.
+        lookup = asyncio.create_task(self.store.get(claim.scope, key, time.time()))
+        self._in_flight[held] = lookup
         try:
-            stored = await self.store.get(claim.scope, key, time.time())
+            stored = await asyncio.shield(lookup)
             if stored is not None:
-                if stored.fingerprint != claim.fingerprint:
-                    raise _different_body(key)
-                log.info("idempotent_replay", idempotency_key=key)
-                claim.replay = replay_of(stored)
+                claim.replay = self._replay_of(claim, stored)
             yield claim
         finally:
-            self._in_flight.discard(held)
+            del self._in_flight[held]
+
+    async def replay_taken(self, claim: Claim) -> Response:
+        """The answer when the outbox found the key taken at commit: another replica stored it meanwhile."""
+        assert claim.key is not None
+        stored = await self.store.get(claim.scope, claim.key, time.time())
+        if stored is None:
+            raise _in_progress(claim.key)
+        return self._replay_of(claim, stored)
+
+    @staticmethod
+    def _replay_of(claim: Claim, stored: IdempotencyRecord) -> Response:
+        """The stored answer, replayed; 422 when the key was first used for another request."""
+        assert claim.key is not None
+        if stored.fingerprint != claim.fingerprint:
+            raise _different_body(claim.key)
+        log.info("idempotent_replay", idempotency_key=claim.key)
+        return replay_of(stored)
 
     async def sweep_expired_forever(self) -> None:
         interval = min(SWEEP_INTERVAL_SECONDS, self.ttl_seconds)
@@ -177,8 +208,3 @@ class Idempotency:
                 if swept:
                     log.info("idempotency_keys_swept", count=swept)
             await asyncio.sleep(interval)
-
-
-def taken_elsewhere(key: str) -> HTTPException:
-    """IdempotencyKeyTaken from the outbox: another process stored the key between our lookup and commit."""
-    return _in_progress(key)

@@ -37,8 +37,38 @@ JOB_PAUSE_SECONDS = 0.25
 JOB_RETRY_SECONDS = (1.0, 30.0)
 
 
+# Read this much of the file at a time when looking for where it stops being UTF-8.
+_SCAN_BYTES = 1 << 16
+
+
 class CsvRejected(Exception):
-    """The CSV cannot be used at all (no header, no email column, not UTF-8): a 422 at upload."""
+    """The CSV cannot be used (no header, no email column, not UTF-8, a row the reader cannot take); the message
+    says what and where. A 422 at upload, a failed job later."""
+
+
+def not_utf8(path: Path) -> CsvRejected:
+    """Where the file stops being UTF-8, as a byte offset and a line in the file. UnicodeDecodeError's own
+    offset counts from the start of the buffer being decoded (8 KiB at a time), not of the file."""
+    offset, line, carried = 0, 1, b""
+    with path.open("rb") as file:
+        while True:
+            chunk = file.read(_SCAN_BYTES)
+            data = carried + chunk
+            try:
+                data.decode("utf-8")
+                good, carried = data, b""
+            except UnicodeDecodeError as exc:
+                if chunk and exc.end == len(data) and exc.reason == "unexpected end of data":
+                    # A character cut by the chunk's end: decoded with the next chunk.
+                    good, carried = data[: exc.start], data[exc.start :]
+                else:
+                    line += data.count(b"\n", 0, exc.start)
+                    where = f"byte 0x{data[exc.start]:02x} at byte offset {offset + exc.start} (line {line})"
+                    return CsvRejected(f"the file is not UTF-8 text: {where}")
+            if not chunk:
+                return CsvRejected("the file is not UTF-8 text")
+            offset += len(good)
+            line += good.count(b"\n")
 
 
 def read_header(path: Path) -> list[str]:
@@ -46,10 +76,8 @@ def read_header(path: Path) -> list[str]:
     try:
         with path.open(encoding=CSV_ENCODING, newline="") as file:
             header = next(csv.reader(file), None)
-    except UnicodeDecodeError as exc:
-        raise CsvRejected(
-            f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8"
-        ) from None
+    except UnicodeDecodeError:
+        raise CsvRejected(f"{not_utf8(path)}; save it as CSV UTF-8") from None
     except csv.Error as exc:
         raise CsvRejected(f"the header row is not valid CSV: {exc}") from None
     if not header:
@@ -61,11 +89,17 @@ def read_header(path: Path) -> list[str]:
 
 
 def count_rows(path: Path) -> int:
-    """Data rows (blank lines aside); reads the whole file once, so a broken encoding shows before any mail."""
+    """Data rows (blank lines aside); reads the whole file once, so a broken encoding shows before any mail.
+    Raises CsvRejected."""
     with path.open(encoding=CSV_ENCODING, newline="") as file:
         rows = csv.reader(file)
-        next(rows, None)
-        return sum(1 for values in rows if values)
+        try:
+            next(rows, None)
+            return sum(1 for values in rows if values)
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
+        except csv.Error as exc:
+            raise CsvRejected(f"the file is not valid CSV at line {rows.line_num}: {exc}") from None
 
 
 @dataclass
@@ -93,14 +127,20 @@ class JobReader:
         self._file.close()
 
     def next_chunk(self, size: int) -> Chunk | None:
-        """The next `size` rows, built into notifications or errors; None at the end of the file."""
+        """The next `size` rows, built into notifications or errors; None at the end of the file. Raises
+        CsvRejected (the file was read whole before, so only when it changed since)."""
         chunk = Chunk()
-        for number, values in self._rows:
-            chunk.last_row = number
-            if values:
-                self._build(number, values, chunk)
-            if len(chunk.notifications) + len(chunk.errors) >= size:
-                break
+        try:
+            for number, values in self._rows:
+                chunk.last_row = number
+                if values:
+                    self._build(number, values, chunk)
+                if len(chunk.notifications) + len(chunk.errors) >= size:
+                    break
+        except UnicodeDecodeError:
+            raise not_utf8(Path(self.job.csv_path)) from None
+        except csv.Error as exc:
+            raise CsvRejected(f"the file is not valid CSV at line {self._reader.line_num}: {exc}") from None
         return chunk if chunk.last_row else None
 
     def _build(self, number: int, values: list[str], chunk: Chunk) -> None:
@@ -116,7 +156,10 @@ class JobReader:
                 return
             except ValueError as exc:
                 reason = str(exc)
-        chunk.errors.append(RowError(row=number, email=raw_email, reason=reason))
+        # What the uploader wrote, but no NUL: PostgreSQL cannot store one, and the chunk's write would fail
+        # for ever (the job stuck as "outbox unavailable").
+        email = None if raw_email is None else raw_email.replace("\x00", "\ufffd")
+        chunk.errors.append(RowError(row=number, email=email, reason=reason.replace("\x00", "\ufffd")))
 
     def _notification(self, number: int, data: dict[str, str]) -> Notification:
         if EMAIL_COLUMN not in data:
@@ -234,10 +277,8 @@ class JobRunner:
         path = Path(job.csv_path)
         try:
             total = await asyncio.to_thread(count_rows, path)
-        except UnicodeDecodeError as exc:
-            return f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}); no row was sent"
-        except csv.Error as exc:
-            return f"the file is not valid CSV ({exc}); no row was sent"
+        except CsvRejected as exc:
+            return f"{exc}; no row was sent"
         except OSError as exc:
             return f"the uploaded file cannot be read: {exc}"
         await self.store.set_total(job.id, total)
@@ -248,8 +289,8 @@ class JobRunner:
                 await self._wait_for_room(job)
                 try:
                     chunk = await asyncio.to_thread(reader.next_chunk, self.settings.JOB_CHUNK_ROWS)
-                except (UnicodeDecodeError, csv.Error) as exc:
-                    return f"after row {job.rows_done}: the file cannot be read any further ({exc})"
+                except CsvRejected as exc:
+                    return f"after row {job.rows_done}: {exc}"
                 if chunk is None:
                     return None
                 await self.intake.accept_job_chunk(

@@ -19,6 +19,8 @@ _HEADER_BREAKERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _ENCODED_WORD = re.compile(r"=\?.*\?=", re.DOTALL)
 _DISPLAY_NAME_FORM = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<addr>[^<>]*)>\s*$", re.DOTALL)
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# RFC 5321 4.5.3.1.1, in octets: email-validator's `strict` counts characters, so "ü" * 33 would pass it.
+LOCAL_PART_MAX_OCTETS = 64
 
 
 def _has_lone_surrogate(value: Any) -> bool:
@@ -43,6 +45,13 @@ def reject_header_breakers(value: str) -> str:
     return value
 
 
+def reject_nul(value: str) -> str:
+    # A body goes out as 7bit when it can, and no transfer encoding may carry a raw NUL (RFC 5322 2.3, 5321).
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return value
+
+
 def normalize_address(value: str) -> str:
     """`user@example.com` or `Display Name <user@example.com>`, in a canonical, safely quoted form."""
     reject_header_breakers(value)
@@ -52,9 +61,17 @@ def normalize_address(value: str) -> str:
         checked = validate_email(addr, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(f"not a valid e-mail address: {exc}") from None
+    octets = len(checked.local_part.encode())
+    if octets > LOCAL_PART_MAX_OCTETS:
+        raise ValueError(
+            f"not a valid e-mail address: the part before the @ is {octets} octets long,"
+            f" over the {LOCAL_PART_MAX_OCTETS} octets SMTP allows (RFC 5321)"
+        )
     if not name:
         return checked.normalized
-    return str(Address(display_name=name, addr_spec=checked.normalized))
+    # From the parts, not the addr_spec: the stdlib's parser refuses a non-ASCII local part (an SMTPUTF8
+    # address), which email-validator has already checked and which the bare form takes.
+    return str(Address(display_name=name, username=checked.local_part, domain=checked.domain))
 
 
 EmailAddress = Annotated[
@@ -76,9 +93,12 @@ class NotificationRequest(BaseModel):
     bcc: list[EmailAddress] = Field(default_factory=list)
     reply_to: EmailAddress | None = None
     subject: Subject | None = None
-    text: str | None = Field(None, max_length=1_000_000)
-    html: str | None = Field(None, max_length=1_000_000)
-    metadata: dict[MetadataKey, Annotated[str, Field(max_length=1024)]] = Field(default_factory=dict, max_length=32)
+    text: Annotated[str, AfterValidator(reject_nul)] | None = Field(None, max_length=1_000_000)
+    html: Annotated[str, AfterValidator(reject_nul)] | None = Field(None, max_length=1_000_000)
+    # No NUL in a value either: PostgreSQL cannot store one, and the failed write would be a 500.
+    metadata: dict[MetadataKey, Annotated[str, Field(max_length=1024), AfterValidator(reject_nul)]] = Field(
+        default_factory=dict, max_length=32
+    )
     # The other form: a template's name and its variables, rendered into subject/text/html before the 202.
     template: str | None = Field(None, min_length=1, max_length=200, examples=["welcome"])
     data: dict[str, Any] | None = Field(None, examples=[{"first_name": "Ada"}])

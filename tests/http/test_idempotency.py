@@ -155,3 +155,45 @@ async def test_malformed_keys_are_422(settings: Settings, key: str) -> None:
 
 # The outbox's side (key and notifications in one transaction) is tested on both backends in
 # tests/outbox/test_idempotency.py.
+
+
+async def test_parallel_retries_of_a_finished_request_all_replay_it(settings: Settings, smtp_sink: SmtpSink) -> None:
+    async with running(settings) as service:
+        first = await service.client.post("/v1/notifications", json=MAIL, headers=keyed("done-1"))
+        await service.wait_for_status(first.json()["id"], "sent")
+
+        # Each retry's lookup awaits the outbox: the others arrive while it is under way.
+        retries = await asyncio.gather(
+            *(service.client.post("/v1/notifications", json=MAIL, headers=keyed("done-1")) for _ in range(50))
+        )
+
+    assert [r.status_code for r in retries] == [202] * 50, {r.status_code: r.text for r in retries}
+    assert all(r.headers["idempotent-replayed"] == "true" for r in retries)
+    assert {r.json()["id"] for r in retries} == {first.json()["id"]}
+    assert len(smtp_sink.received) == 1
+
+
+async def test_the_same_request_on_two_replicas_at_once_is_one_notification_and_two_answers(
+    tmp_path: Path, smtp_sink: SmtpSink, postgres_url: str
+) -> None:
+    # Both look the key up before either commits: the one whose commit finds the key taken answers with the
+    # stored answer, not 409 (the other request has finished by then).
+    settings = make_settings(tmp_path, smtp_sink.port, OUTBOX_URL=postgres_url)
+    rounds = 30
+    async with running(settings) as first, running(settings) as second:
+        answers = []
+        for number in range(rounds):
+            key = keyed(f"both-{number}")
+            answers.append(
+                await asyncio.gather(
+                    first.client.post("/v1/notifications", json=MAIL, headers=key),
+                    second.client.post("/v1/notifications", json=MAIL, headers=key),
+                )
+            )
+        await smtp_sink.wait_for(rounds, timeout=30)
+
+    for on_first, on_second in answers:
+        assert (on_first.status_code, on_second.status_code) == (202, 202), (on_first.text, on_second.text)
+        assert on_first.json()["id"] == on_second.json()["id"]
+        assert [r.headers.get("idempotent-replayed") for r in (on_first, on_second)].count("true") == 1
+    assert len(smtp_sink.received) == rounds

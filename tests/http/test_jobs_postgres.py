@@ -58,3 +58,19 @@ async def test_a_job_on_postgresql_cut_by_a_restart_resumes_without_duplicates(
         await db.close()
     assert notifications == len(good)
     assert stats["counts"]["sent"] == len(good), stats
+
+
+async def test_a_nul_in_a_row_is_a_rejected_row_not_a_job_stuck_on_postgresql(
+    tmp_path: Path, smtp_sink: SmtpSink, postgres_url: str
+) -> None:
+    # PostgreSQL cannot store a NUL: the rejected row's email, written as it came, failed every write of the
+    # chunk, and the job retried it for ever as "outbox unavailable".
+    settings = make_settings(tmp_path, smtp_sink.port, OUTBOX_URL=postgres_url, JOBS_DIR=tmp_path / "j")
+    content = b"email,first_name,login_url\r\nnul\x00here@example.com,Eve,u\r\nok@example.com,Ada,u\x00\r\n"
+    async with running(settings) as service:
+        job_id = (await upload(service, content)).json()["id"]
+        done = await wait_for_job(service, job_id, "done", "failed", timeout=20)
+
+    assert (done["status"], done["accepted"], done["rejected"]) == ("done", 0, 2), done
+    assert done["errors"][0]["row"] == 2
+    assert "NUL" in done["errors"][1]["reason"]

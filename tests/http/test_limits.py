@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from service.http.limits import nests_deeper_than
 from tests.conftest import MAIL, make_settings, running
 from tests.smtp_sink import SmtpSink, free_port
 
@@ -133,3 +135,42 @@ async def test_the_unsent_count_survives_a_restart_and_follows_every_transition(
             await service.post(**MAIL)
     async with running(down) as service:
         assert await service.app.state.outbox.notifications.count_unsent() == 3 == unsent_rows(down.OUTBOX_PATH)
+
+
+# -- MAX_JSON_DEPTH (through the app: tests/http/test_hostile_input.py) -----------------------------------
+
+
+def depth_of(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max((depth_of(item) for item in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((depth_of(item) for item in value.values()), default=0)
+    return 0
+
+
+def random_json(rng: random.Random, level: int) -> object:
+    # Strings full of brackets, quotes and backslashes: only the structure may count.
+    strings = ['a\\"[{', "\\", '"]}"', "x", '\\"[[', "}}]]", "[" * 40]
+    roll = rng.random()
+    if level > 45 or roll < 0.3:
+        return rng.choice([*strings, 1, None])
+    if roll < 0.65:
+        return [random_json(rng, level + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(strings) + str(i): random_json(rng, level + 1) for i in range(rng.randint(0, 3))}
+
+
+def test_the_nesting_read_from_the_bytes_is_the_parsed_depth() -> None:
+    rng = random.Random(14)
+    for _ in range(1000):
+        value = random_json(rng, 0)
+        text = json.dumps(value).encode()
+        for limit in (1, 2, 4, 8, 16, 32):
+            assert nests_deeper_than(text, limit) == (depth_of(value) > limit), (limit, text[:300])
+
+
+def test_brackets_opened_and_never_closed_are_deep_where_the_body_stops() -> None:
+    assert nests_deeper_than(b"[" * 33, 32)
+    assert nests_deeper_than(b'{"a": ' * 100_000, 32)
+    assert not nests_deeper_than(b"[" * 32, 32)
+    # Hidden by closing brackets inside strings: still found.
+    assert nests_deeper_than(b"[" * 30 + b'"' + b"]" * 30 + b'",' + b"[" * 30 + b"]" * 60, 32)

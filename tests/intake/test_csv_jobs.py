@@ -108,3 +108,22 @@ async def test_a_job_goes_on_after_the_store_was_unreachable_and_adds_each_row_o
     assert (job.status, job.accepted) == ("done", len(good_addresses(50)))
     rows = [n.metadata["job_row"] for n in stored.items]
     assert len(rows) == len(set(rows)) == len(good_addresses(50))
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        # A three-byte character across the scan's chunk boundary is fine; the bad byte after it is found.
+        (b"a" * (64 * 1024 - 1) + "€".encode() + b"\n\xff", "byte 0xff at byte offset 65539 (line 2)"),
+        # A character cut off by the end of the file.
+        (b"email\nab\xe2\x82", "byte 0xe2 at byte offset 8 (line 2)"),
+        (b"\xef\xbb\xbfemail\n\n\n\xc3(", "byte 0xc3 at byte offset 11 (line 4)"),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_reported_at_its_byte_and_line(tmp_path: Path, content: bytes, where: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+
+    with pytest.raises(jobs.CsvRejected) as counted:
+        jobs.count_rows(path)
+    assert str(counted.value) == f"the file is not UTF-8 text: {where}"

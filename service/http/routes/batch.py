@@ -18,7 +18,6 @@ from service.http.idempotency import (
     REPLAYED_HEADER,
     REPLAYED_HEADER_DOC,
     IdempotencyKeyHeader,
-    taken_elsewhere,
 )
 from service.intake.accept import Intake
 from service.intake.request import NotificationRequest
@@ -111,5 +110,5 @@ async def create_batch(
                 idempotency=claim.record(status.HTTP_202_ACCEPTED, answer, {}),
             )
         except IdempotencyKeyTaken:
-            raise taken_elsewhere(claim.key or "") from None
+            return await idempotency.replay_taken(claim)
         return Response(answer, status.HTTP_202_ACCEPTED, media_type="application/json")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -129,10 +130,13 @@ async def receive_upload(request: Request, path: Path, max_bytes: int) -> tuple[
         part.header_value += data[start:end]
 
     def on_header_end() -> None:
+        nonlocal got_file
         if part.header_field.lower() == b"content-disposition":
             _, disposition = parse_options_header(part.header_value)
             part.name = disposition.get(b"name", b"").decode("utf-8", "replace")
             part.is_file = part.name == "file"
+            # Known from the part's headers: an empty file sends no data, and is then "empty", not "missing".
+            got_file = got_file or part.is_file
         part.header_field, part.header_value = b"", b""
 
     def on_part_begin() -> None:
@@ -161,7 +165,6 @@ async def receive_upload(request: Request, path: Path, max_bytes: int) -> tuple[
             file_bytes = bytearray()
             for name, data in events:
                 if name == "file":
-                    got_file = True
                     file_bytes += data
                 elif name:
                     value = fields.setdefault(name, bytearray())
@@ -198,8 +201,8 @@ async def receive_upload(request: Request, path: Path, max_bytes: int) -> tuple[
         422: {
             # FastAPI's own schema of a 422, defined because the JSON routes use it.
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
-            "description": "Not multipart, no `file` or `template`, an unknown template, or a CSV without an"
-            " `email` column or not in UTF-8",
+            "description": "Not multipart, no `file` or `template`, an unknown template, or a CSV that is empty,"
+            " has no `email` column or is not UTF-8 (the byte offset and line say where)",
         },
     },
     openapi_extra={
@@ -272,10 +275,20 @@ async def get_job(job_id: str, store: JobStoreDep) -> JobStatus:
     return to_job_status(await _job_or_404(store, job_id))
 
 
+# OWASP's CSV injection list: a cell whose text starts (after any spaces) with = + - @, or starts with a tab or
+# CR, is a formula to a spreadsheet; some locales' spreadsheets read the full-width = + - @ the same way.
+_FORMULA = "=+\\-@\uff1d\uff0b\uff0d\uff20"
+_FORMULA_START = re.compile(rf"^(?:[\t\r]|\s*[{_FORMULA}])")
+# The same behind a delimiter or quote: a spreadsheet splitting at ';' or tab (not ',') starts a cell there.
+_FORMULA_AFTER_DELIMITER = re.compile(rf"([,;\t\r\n\"'][\s\"']*)(?=[{_FORMULA}])")
+
+
 def _cell(value: Any) -> str:
-    # A cell starting with = + - @ is a formula to a spreadsheet; these come from the uploader's own CSV.
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    """A cell of the uploader's own text, read by a spreadsheet as text: a leading `'` where a formula could
+    start (OWASP's advice), and no raw NUL, which no spreadsheet or text tool expects in a CSV."""
+    text = "" if value is None else str(value).replace("\x00", "\ufffd")
+    text = _FORMULA_AFTER_DELIMITER.sub(r"\1'", text)
+    return "'" + text if _FORMULA_START.match(text) else text
 
 
 @router.get(

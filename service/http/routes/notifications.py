@@ -16,7 +16,6 @@ from service.http.idempotency import (
     REPLAYED_HEADER,
     REPLAYED_HEADER_DOC,
     IdempotencyKeyHeader,
-    taken_elsewhere,
 )
 from service.http.schemas import NotificationPage, NotificationStatus, RefusedRecipient, StatusField
 from service.intake.request import NotificationRequest
@@ -88,7 +87,7 @@ async def create_notification(
                 notification, background, idempotency=claim.record(status.HTTP_202_ACCEPTED, answer, headers)
             )
         except IdempotencyKeyTaken:
-            raise taken_elsewhere(claim.key or "") from None
+            return await accepting.idempotency.replay_taken(claim)
         return Response(answer, status.HTTP_202_ACCEPTED, headers, media_type="application/json")
 
 
