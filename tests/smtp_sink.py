@@ -52,6 +52,9 @@ class RecordingHandler:
         self.rcpt_asked: list[str] = []
         self.stall_next_data = 0
         self.stall_seconds = 0.0
+        # Cleared: every DATA waits (the mail in flight) until a test sets it again.
+        self.data_open = threading.Event()
+        self.data_open.set()
         self.delay_seconds = 0.0
         self.drop_next_data = 0
         # Hang up at the next MAIL FROM, before anything of the mail is sent: like a server that closed an idle
@@ -82,6 +85,8 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        while not self.data_open.is_set():
+            await asyncio.sleep(0.01)
         with self._lock:
             stall = self.stall_next_data > 0
             self.stall_next_data -= stall

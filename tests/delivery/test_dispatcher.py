@@ -110,7 +110,7 @@ async def test_a_connection_dropped_mid_session_is_retried(tmp_path: Path, smtp_
 
 async def test_a_stalled_server_is_given_up_on_after_the_send_deadline(tmp_path: Path, smtp_sink: SmtpSink) -> None:
     smtp_sink.handler.stall_next_data = 1
-    smtp_sink.handler.stall_seconds = 3
+    smtp_sink.handler.stall_seconds = 60  # far past every deadline below, however slow the machine
     settings = make_settings(tmp_path, smtp_sink.port, SEND_CONCURRENCY=1, SEND_TIMEOUT_SECONDS=0.3)
     async with running(settings) as service:
         notification_id = (await service.post(**MAIL)).json()["id"]
@@ -146,7 +146,7 @@ async def test_shutdown_past_the_grace_period_puts_interrupted_sends_back_in_the
     tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
     smtp_sink.handler.stall_next_data = 1
-    smtp_sink.handler.stall_seconds = 3
+    smtp_sink.handler.stall_seconds = 60
     settings = make_settings(
         tmp_path, smtp_sink.port, SEND_CONCURRENCY=1, SEND_TIMEOUT_SECONDS=30, SHUTDOWN_GRACE_SECONDS=0.2
     )

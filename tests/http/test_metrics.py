@@ -155,17 +155,20 @@ async def test_a_waiting_notification_shows_in_the_queue_gauges(tmp_path: Path, 
 
 
 async def test_a_send_in_progress_shows_in_flight(tmp_path: Path, smtp_sink: SmtpSink) -> None:
-    smtp_sink.handler.stall_next_data = 1
-    smtp_sink.handler.stall_seconds = 1.0
+    # The sink holds the mail's DATA until the test has looked: in flight for as long as it takes.
+    smtp_sink.handler.data_open.clear()
 
-    async with running(make_settings(tmp_path, smtp_sink.port)) as service:
+    async with running(make_settings(tmp_path, smtp_sink.port, SEND_TIMEOUT_SECONDS=60)) as service:
         response = await service.post(**MAIL)
-        await service.wait_for_status(response.json()["id"], "sending")
-        await wait_for_metric(service, "dispatcher_inflight", 1)
+        try:
+            await service.wait_for_status(response.json()["id"], "sending")
+            await wait_for_metric(service, "dispatcher_inflight", 1)
 
-        samples = await scrape(service)
-        assert value(samples, "outbox_notifications", status="sending") == 1
-        assert value(samples, "smtp_connections_open") == 1
+            samples = await scrape(service)
+            assert value(samples, "outbox_notifications", status="sending") == 1
+            assert value(samples, "smtp_connections_open") == 1
+        finally:
+            smtp_sink.handler.data_open.set()
         await service.wait_for_status(response.json()["id"], "sent")
 
 
