@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         description="Niceness of that process: when the cores are busy, answering requests comes first and the"
         " outbox holds what waits; 0: equal shares.",
     )
+    SEND_RATE_LIMIT: float = Field(
+        0.0,
+        ge=0,
+        description="Most mails per second this instance sends, shared by all its workers (one token bucket), so it"
+        " stays under the relay's rate; per replica with several. 0: no limit. A throttling reply (421, 454, a"
+        " 451 for the whole mail) pauses every worker, backing off like a retry (RETRY_BASE/MAX_SECONDS).",
+    )
 
     # DKIM: every mail signed in the dispatcher before it leaves (service/delivery/dkim.py); all three or none
     DKIM_DOMAIN: str | None = Field(

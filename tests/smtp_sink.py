@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
@@ -31,6 +31,8 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    # time.monotonic() when the server took it: pacing tests look at the spread, never at a single value.
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def message(self) -> EmailMessage:
@@ -48,6 +50,8 @@ class RecordingHandler:
         self.refuse_times: dict[str, int] = {}
         # Every RCPT TO the server was asked, accepted or not, in order.
         self.rcpt_asked: list[str] = []
+        # time.monotonic() of every MAIL FROM, taken or not: when each send began.
+        self.mail_at: list[float] = []
         self.stall_next_data = 0
         self.stall_seconds = 0.0
         self.delay_seconds = 0.0
@@ -58,6 +62,7 @@ class RecordingHandler:
         self._lock = threading.Lock()
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.mail_at.append(time.monotonic())
         with self._lock:
             drop = self.drop_next_mail > 0
             self.drop_next_mail -= drop
