@@ -134,9 +134,11 @@ class Pacer:
         self._paused_until = now + pause
         if self._resume is not None:
             self._resume.cancel()
-        # In a context of its own: the throttled send's notification_id is not the resumed instance's.
         self._resume = asyncio.get_running_loop().call_later(pause, self._resumed, pause, context=Context())
-        log.warning(
+        # An event of the instance, not of the notification whose send got the reply (its own retry event says
+        # that): logged outside its context, so its notification_id and request_id stay off it.
+        Context().run(
+            log.warning,
             "sending_throttled",
             reply=reply,
             pause_seconds=round(pause, 3),
