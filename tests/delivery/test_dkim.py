@@ -109,7 +109,7 @@ async def test_every_mail_the_sink_receives_verifies_with_the_published_record(
     async with running(settings) as service:
         for mail in mails:
             assert (await service.post(**mail)).status_code == 202
-        received = await smtp_sink.wait_for(len(mails))
+        received = await smtp_sink.wait_for(len(mails), timeout=30)
 
     algorithm = "rsa-sha256" if key_file.stem == "rsa" else "ed25519-sha256"
     for mail in received:
@@ -123,9 +123,11 @@ async def test_every_mail_the_sink_receives_verifies_with_the_published_record(
         for name in OVERSIGNED:
             present = len(re.findall(rb"^" + name + rb":", mail.data, re.IGNORECASE | re.MULTILINE))
             assert signed.count(name.decode()) == (present + 1 if present else 0), (name, signed)
-    # Cc and Reply-To of the second and third mails are covered.
-    assert "cc" in signature_tags(received[1].data)["h"].split(":")
-    assert "reply-to" in signature_tags(received[2].data)["h"].split(":")
+    # Cc and Reply-To of the second and third mails are covered (the workers take them in any order).
+    [with_cc] = smtp_sink.to("grace@example.com")
+    [with_reply_to] = [mail for mail in received if b"\r\nReply-To: " in mail.data]
+    assert "cc" in signature_tags(with_cc.data)["h"].split(":")
+    assert "reply-to" in signature_tags(with_reply_to.data)["h"].split(":")
 
 
 async def test_a_changed_mail_no_longer_verifies(key_file: Path, tmp_path: Path, smtp_sink: SmtpSink) -> None:
