@@ -18,7 +18,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from service.delivery.dkim import CANONICALIZE, OVERSIGNED, DkimSigner, load_key
+from service.delivery.dkim_signer import CANONICALIZE, OVERSIGNED, DkimSigner, load_key
 from service.delivery.mime import build_mail_bytes
 from service.outbox import Notification
 

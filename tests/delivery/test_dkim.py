@@ -17,7 +17,7 @@ from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from service.delivery.dkim import OVERSIGNED, DkimSigner, load_key
+from service.delivery.dkim_signer import OVERSIGNED, DkimSigner, load_key
 from service.delivery.smtp import SmtpConnection
 from tests.conftest import MAIL, make_settings, running
 from tests.delivery.test_smtp import MAILS, OptionsHandler
