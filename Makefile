@@ -53,7 +53,7 @@ logs: ## follow the stack's logs
 smoke: install ## post a notification to the running stack and find it in MailHog (NOTIFIER_URL, MAILHOG_URL)
 	$(RUN) pytest -m compose -s tests/compose
 
-.PHONY: bench bench-burst bench-replicas
+.PHONY: bench bench-burst bench-replicas bench-paced
 bench: uv ## the service beside a bare endpoint, the floor (bare + outbox commit), the tutorial's way, aiosmtplib alone; 3 rounds (wrk if installed)
 	$(UV) sync --locked --group bench --python $(PYTHON)
 	$(RUN) python -m benchmarks.bench --chart docs/bench.png
@@ -66,3 +66,9 @@ REPLICAS ?= 3
 bench-replicas: uv ## SQLite (1 process) vs PostgreSQL (1 and REPLICAS=3 replicas) under the same load
 	$(UV) sync --locked --group bench --python $(PYTHON)
 	$(RUN) python -m benchmarks.bench --replicas $(REPLICAS)
+
+RATE ?= 50
+bench-paced: uv ## SEND_RATE_LIMIT=RATE (50): 20 s worth of mail at once, the rate it is delivered at; DKIM's cost per mail
+	$(UV) sync --locked --group bench --python $(PYTHON)
+	$(RUN) python -m benchmarks.bench --paced $(RATE)
+	$(RUN) python -m benchmarks.dkim_cost

@@ -12,6 +12,7 @@ Results go to benchmarks/results/ as JSON; `--chart` draws throughput and p99.
     python -m benchmarks.bench [--duration 10] [--rounds 3] [--systems bare,durable,tutorial,service,alone,wire]
                                [--chart docs/bench.png]
     python -m benchmarks.bench --burst [100000]
+    python -m benchmarks.bench --paced 50 [--paced-count 1000]
     python -m benchmarks.bench --replicas 3 [--postgres-url postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
@@ -765,6 +766,30 @@ def burst(args: argparse.Namespace) -> Result:
     return result
 
 
+def paced(args: argparse.Namespace) -> Result:
+    """SEND_RATE_LIMIT at work: a burst accepted at once, then delivered at the limit (docs/production-mail.md)."""
+    rate = args.paced
+    count = args.paced_count or max(200, int(rate * 20))
+    args.service_env = [*args.service_env, f"SEND_RATE_LIMIT={rate:g}"]
+    info = machine()
+    sink = Sink()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+            result = bench_service(sink, Path(workdir), args, requests=count)
+    finally:
+        sink.stop()
+    achieved = result.delivered_per_s or 0.0
+    print(f"{info['cpus']} CPUs ({info['cpu']}), load average before: {info['load_average'][0]:.2f}")
+    print(f"paced: {count:,} notifications at SEND_RATE_LIMIT={rate:g}, one uvicorn worker")
+    print(f"  accepted (202)   {result.accepted:,}   at {_fmt(result.accepted_per_s)} req/s")
+    print(f"  delivered        {result.delivered:,}   at {achieved:.1f} mails/s, first to last mail at the sink")
+    print(f"  achieved ÷ limit {achieved / rate:.3f}  (the bucket lets a tenth of a second's mails go at once)")
+    print(f"  lost             {result.lost:,}")
+    report = {"kind": "paced", "machine": info, "result": asdict(result), "requests": count, "rate": rate}
+    print(f"\nresults: {save(report, args.out, 'paced')}")
+    return result
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per HTTP system")
@@ -777,6 +802,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--systems", type=lambda s: s.split(","), default=list(SYSTEMS))
     parser.add_argument("--loadgen", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python")
     parser.add_argument("--burst", type=int, nargs="?", const=100_000, default=None, help="burst mode: N requests")
+    parser.add_argument(
+        "--paced", type=float, default=None, metavar="RATE", help="pacing mode: SEND_RATE_LIMIT=RATE, achieved rate"
+    )
+    parser.add_argument("--paced-count", type=int, default=None, help="notifications in pacing mode (20 s worth)")
     parser.add_argument(
         "--service-env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the service"
     )
@@ -809,6 +838,8 @@ def main(argv: list[str] | None = None) -> None:
         redraw(args.from_json, args.chart)
     elif args.burst is not None:
         burst(args)
+    elif args.paced is not None:
+        paced(args)
     elif args.replicas is not None:
         scaling(args)
     else:

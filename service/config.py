@@ -77,6 +77,38 @@ class Settings(BaseSettings):
         description="Niceness of that process: when the cores are busy, answering requests comes first and the"
         " outbox holds what waits; 0: equal shares.",
     )
+    SEND_RATE_LIMIT: float = Field(
+        0.0,
+        ge=0,
+        description="Most mails per second this instance sends, shared by all its workers (one token bucket), so it"
+        " stays under the relay's rate; per replica with several. 0: no limit. A throttling reply (421, 454, a"
+        " 451 for the whole mail) pauses every worker, backing off like a retry (RETRY_BASE/MAX_SECONDS).",
+    )
+
+    # DKIM: every mail signed in the dispatcher before it leaves (service/delivery/dkim.py); all three or none
+    DKIM_DOMAIN: str | None = Field(
+        None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$",
+        description="DKIM signing domain (d=), usually MAIL_FROM's domain; its DNS publishes the public key.",
+    )
+    DKIM_SELECTOR: str | None = Field(
+        None,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$",
+        description="DKIM selector (s=): the key's TXT record is <selector>._domainkey.<DKIM_DOMAIN>.",
+    )
+    DKIM_PRIVATE_KEY_FILE: Path | None = Field(
+        None,
+        description="Unencrypted PEM private key, RSA 2048 to 4096 bits or Ed25519; read at start, where a bad one"
+        " stops it.",
+    )
+
+    @field_validator("DKIM_DOMAIN", "DKIM_SELECTOR", "DKIM_PRIVATE_KEY_FILE", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An env file's `DKIM_DOMAIN=` means "not set", as for OUTBOX_URL.
+        return None if value == "" else value
 
     # Request limits
     MAX_RECIPIENTS: int = Field(50, ge=1, le=1000, description="Most addresses in to+cc+bcc together.")
@@ -204,6 +236,9 @@ class Settings(BaseSettings):
             raise ValueError("SMTP_USERNAME and SMTP_PASSWORD are set together or not at all")
         if self.RETRY_MAX_SECONDS < self.RETRY_BASE_SECONDS:
             raise ValueError("RETRY_MAX_SECONDS must be at least RETRY_BASE_SECONDS")
+        dkim = (self.DKIM_DOMAIN, self.DKIM_SELECTOR, self.DKIM_PRIVATE_KEY_FILE)
+        if any(value is None for value in dkim) and any(value is not None for value in dkim):
+            raise ValueError("DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE are set together or not at all")
         return self
 
     # Scale-out: the outbox in PostgreSQL, shared by several replicas

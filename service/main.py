@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 
 from service.config import Settings, load_settings
 from service.delivery.dispatcher import Dispatcher
+from service.delivery.dkim import check_dkim_or_exit
 from service.delivery.probe import SmtpProbe
 from service.delivery.process import DispatcherProcess
 from service.http import errors
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings)
     app_metrics = Metrics()
     mail_templates = load_templates_or_exit(settings.TEMPLATES_DIR)
+    check_dkim_or_exit(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
@@ -33,6 +33,8 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    # time.monotonic() when the server took it: pacing tests look at the spread, never at a single value.
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def message(self) -> EmailMessage:
@@ -50,6 +52,8 @@ class RecordingHandler:
         self.refuse_times: dict[str, int] = {}
         # Every RCPT TO the server was asked, accepted or not, in order.
         self.rcpt_asked: list[str] = []
+        # time.monotonic() of every MAIL FROM, taken or not: when each send began.
+        self.mail_at: list[float] = []
         self.stall_next_data = 0
         self.stall_seconds = 0.0
         # Cleared: every DATA waits (the mail in flight) until a test sets it again.
@@ -63,6 +67,7 @@ class RecordingHandler:
         self._lock = threading.Lock()
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.mail_at.append(time.monotonic())
         with self._lock:
             drop = self.drop_next_mail > 0
             self.drop_next_mail -= drop

@@ -83,6 +83,47 @@ def test_the_in_process_accept_cost_runs_for_every_system() -> None:
         assert f"{system:<8} µs of CPU per accept" in completed.stdout
 
 
+def test_the_paced_mode_and_the_dkim_cost_run(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench",
+            "--paced",
+            "100",
+            "--paced-count",
+            "60",
+            "--loadgen",
+            "python",
+            "--connections",
+            "4",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "achieved ÷ limit" in completed.stdout
+    [path] = tmp_path.glob("paced-*.json")
+    report = json.loads(path.read_text())
+    assert report["rate"] == 100
+    assert report["result"]["delivered"] == 60
+    assert report["result"]["lost"] == 0
+
+    cost = subprocess.run(
+        [sys.executable, "-m", "benchmarks.dkim_cost", "--count", "3", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cost.returncode == 0, cost.stderr
+    assert "(the service: dkimpy, RSA step in OpenSSL)" in cost.stdout
+
+
 async def test_the_replicas_mode_runs_on_postgresql_and_loses_nothing(tmp_path: Path) -> None:
     # Skipped without a server, a failure with REQUIRE_POSTGRES=1 (as in CI), like every PostgreSQL test.
     await (await _connect_admin()).close()

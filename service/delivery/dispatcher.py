@@ -17,6 +17,7 @@ import structlog
 
 from service.config import Settings
 from service.delivery.classify import DeliveryFailed
+from service.delivery.pacing import Pacer
 from service.delivery.smtp import SmtpConnection
 from service.domain import Refusal, SendFailed, SendOutcome
 from service.metrics import Metrics
@@ -60,6 +61,11 @@ class Dispatcher:
         self.connection_factory = self.metrics.track_connections(connection_factory)
         self.inflight = 0
         self.metrics.watch_inflight(lambda: self.inflight)
+        # One for all workers: SEND_RATE_LIMIT, and a throttling reply's pause, which backs the whole instance off
+        # the way one notification's retries back off.
+        self.pacer = Pacer(
+            settings.SEND_RATE_LIMIT, first_pause=settings.RETRY_BASE_SECONDS, max_pause=settings.RETRY_MAX_SECONDS
+        )
         self._ready: asyncio.Queue[Notification | None] = asyncio.Queue(maxsize=settings.SEND_CONCURRENCY)
         self._wake = asyncio.Event()
         self._claimer: asyncio.Task[None] | None = None
@@ -98,6 +104,7 @@ class Dispatcher:
         if self._claimer is not None:
             # Not cancelled: a claim cancelled mid-way would still commit in the outbox's thread, and the rows
             # it took would be stranded in `sending`. Woken instead, the claimer finishes its claim and returns.
+            self.pacer.close()  # a claimer waiting out a pause or for a turn returns at once
             self._wake.set()
             await self._claimer
         unstarted = []
@@ -134,8 +141,12 @@ class Dispatcher:
                 # mail. Asking the outbox now would only spin.
                 await self._wake.wait()
                 continue
+            room = await self.pacer.wait_for_turns(room)
+            if room == 0:
+                continue  # stopping
             try:
                 claimed = await self.outbox.claim(room, time.time())
+                await self.pacer.use_turns(len(claimed))
                 next_due = None if claimed else await self.outbox.next_due_at()
                 failures = 0
             except Exception as exc:
@@ -166,6 +177,12 @@ class Dispatcher:
                 if notification is None:
                     return
                 self._wake.set()
+                if self.pacer.paused:
+                    # The relay said "slower" after this one was claimed: it goes back unsent (no attempt counted),
+                    # and is claimed again after the pause.
+                    with contextlib.suppress(OutboxUnavailable):
+                        await self.outbox.release([notification.id])
+                    continue
                 self.inflight += 1
                 try:
                     await self._deliver(connection, notification)
@@ -195,6 +212,8 @@ class Dispatcher:
                 outcome: SendOutcome = await connection.send(notification)
             except DeliveryFailed as failed:
                 outcome = failed.outcome
+                # A throttling reply slows the whole instance down (pacing.py): it reads the server's own error.
+                self.pacer.after_failure(failed.__cause__, started)
             except asyncio.CancelledError:
                 # Shutdown ran out of grace mid-send: whether the server took it is unknown, so it goes back
                 # to the queue and may be sent twice (at-least-once), rather than being lost.

@@ -12,6 +12,7 @@ import structlog
 
 from service.config import Settings
 from service.delivery.classify import DeliveryFailed, classify, describe, refusals, server_text
+from service.delivery.dkim import signer_for
 from service.delivery.mime import addr_spec, build_mail_bytes, build_stdlib_bytes, envelope_recipients
 from service.delivery.tls import build_tls_context, certificate_failure, describe_certificate_failure
 from service.domain import SendTaken
@@ -100,6 +101,7 @@ class SmtpConnection:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._smtp: _Smtp | None = None
+        self._dkim = signer_for(settings)
 
     @property
     def is_open(self) -> bool:
@@ -216,7 +218,7 @@ class SmtpConnection:
         # headers are written in UTF-8 too.
         utf8 = not (sender.isascii() and all(recipient.isascii() for recipient in recipients))
         try:
-            data = build_mail_bytes(notification, self.settings.MAIL_FROM, utf8=utf8)
+            data = self._signed(build_mail_bytes(notification, self.settings.MAIL_FROM, utf8=utf8))
         except (ValueError, TypeError) as exc:
             # The email package refuses what cannot be a header (the API refuses it first; this is the second
             # line of defence for rows written another way): no retry can make it sendable.
@@ -287,7 +289,9 @@ class SmtpConnection:
             options.append("BODY=8BITMIME")
         elif not data.isascii():
             # Only the stdlib path writes 8bit; without 8BITMIME it re-encodes those parts as 7bit.
-            data = build_stdlib_bytes(mail.notification, self.settings.MAIL_FROM, utf8=mail.utf8, cte_type="7bit")
+            data = self._signed(
+                build_stdlib_bytes(mail.notification, self.settings.MAIL_FROM, utf8=mail.utf8, cte_type="7bit")
+            )
         return await smtp.sendmail(mail.sender, mail.recipients, data, mail_options=options)
 
     def _classify(self, exc: BaseException) -> DeliveryFailed:
@@ -305,6 +309,11 @@ class SmtpConnection:
                     f"{reply}: the server requires a login: set SMTP_USERNAME and SMTP_PASSWORD",
                 )
         return classify(exc)
+
+    def _signed(self, data: bytes) -> bytes:
+        """The wire bytes as they leave: with their DKIM signature when DKIM is on, signed here and never at
+        accept time, so a retry signs again (a fresh t=) and the key stays with the dispatcher."""
+        return data if self._dkim is None else self._dkim.sign(data)
 
     def _close_if_broken(self, exc: BaseException) -> None:
         if not isinstance(exc, (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused)):
