@@ -67,7 +67,9 @@ async def test_on_a_full_disk_every_accept_answers_503_and_readiness_fails_until
         assert_unavailable(await service.client.post("/send-notification/ada@example.com"))
         assert_unavailable(
             await service.client.post(
-                "/v1/jobs", files={"file": ("people.csv", b"email\nada@example.com\n", "text/csv")}, data={"template": "welcome"}
+                "/v1/jobs",
+                files={"file": ("people.csv", b"email\nada@example.com\n", "text/csv")},
+                data={"template": "welcome"},
             )
         )
         listed = (await service.client.get("/v1/notifications")).json()["items"]
