@@ -236,6 +236,7 @@ async def create_job(
         fields, got_file = await receive_upload(request, path, settings.MAX_UPLOAD_BYTES)
     except OSError as exc:
         # A full disk (or an unwritable JOBS_DIR): the 503 of an outbox that cannot be written, not a 500.
+        await asyncio.to_thread(path.unlink, missing_ok=True)
         raise OutboxUnavailable(f"the upload could not be stored in {settings.JOBS_DIR}: {exc}") from exc
     try:
         template = fields.get("template", "").strip()
