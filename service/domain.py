@@ -1,5 +1,5 @@
-"""The words every layer shares: a notification's Status, a recipient's Refusal, and the SendOutcome the
-delivery layer hands the dispatcher. Depends on nothing of the service's own."""
+"""The words every layer shares: a notification's Status, a recipient's Refusal, the SendOutcome the delivery
+layer hands the dispatcher, and the HistoryEntry each outcome leaves. Depends on nothing of the service's own."""
 
 from __future__ import annotations
 
@@ -72,3 +72,46 @@ class SendFailed:
 
 # The outcome of one send, as the delivery layer hands it to the dispatcher.
 SendOutcome = SendTaken | SendFailed
+
+
+class Outcome(StrEnum):
+    """What one entry of a notification's history says (docs/api.md lists them)."""
+
+    SENT = "sent"  # the server took the mail (for every recipient it did not refuse)
+    RETRY = "retry"  # this attempt failed for now, or some recipients were refused for now: tried again later
+    FAILED = "failed"  # the last word: a permanent failure, or the attempts ran out
+    INTERRUPTED = "interrupted"  # shutdown ran out of grace mid-send: tried again, may be sent twice
+    RECOVERED = "recovered"  # left `sending` by a process that stopped: queued again, may be sent twice
+    REQUEUED = "requeued"  # an operator put a `failed` notification back in the queue (not an attempt)
+
+
+# The history keeps this many entries, the newest; `attempts` still counts them all.
+HISTORY_LIMIT = 50
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One entry of a notification's history: when, what came of it, and the server's code and words."""
+
+    at: float
+    outcome: Outcome
+    smtp_code: int | None
+    message: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at, "outcome": str(self.outcome), "smtp_code": self.smtp_code, "message": self.message}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> HistoryEntry:
+        return cls(
+            at=float(value["at"]),
+            outcome=Outcome(value["outcome"]),
+            smtp_code=value["smtp_code"],
+            message=value["message"],
+        )
+
+
+def reply_code(reply: str | None) -> int | None:
+    """The code an SMTP reply starts with (`250 OK` → 250), or None."""
+    head = (reply or "")[:3]
+    return int(head) if head.isdigit() else None

@@ -24,7 +24,7 @@ from service.delivery.process import DispatcherProcess
 from service.http import errors
 from service.http.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.http.idempotency import Idempotency
-from service.http.limits import LIMIT_RESPONSES, BodyLimitMiddleware, queue_full_handler
+from service.http.limits import LIMIT_RESPONSES, BodyLimitMiddleware, outbox_unavailable_handler, queue_full_handler
 from service.http.middleware import HttpMetricsMiddleware, RequestIdMiddleware
 from service.http.routes import batch, health, jobs, metrics, notifications, stats, templates, tutorial
 from service.intake.accept import Intake
@@ -32,7 +32,7 @@ from service.intake.csv_jobs import JobRunner
 from service.intake.templates import load_templates_or_exit
 from service.logging import configure_logging
 from service.metrics import Metrics
-from service.outbox import QueueFull, describe_outbox, open_outbox
+from service.outbox import OutboxUnavailable, QueueFull, describe_outbox, open_outbox
 
 log = structlog.get_logger("service")
 
@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_exception_handler(QueueFull, queue_full_handler)
+    app.add_exception_handler(OutboxUnavailable, outbox_unavailable_handler)
     app.add_exception_handler(RequestValidationError, errors.request_validation_error)
     # Inside the request-id middleware, so a 413 carries X-Request-ID too.
     # The CSV upload streams to disk under its own MAX_UPLOAD_BYTES instead.

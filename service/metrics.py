@@ -71,6 +71,12 @@ class Metrics:
             registry=r,
         )
         self.dispatcher_inflight = Gauge("dispatcher_inflight", "Sends in progress in this process.", registry=r)
+        self.outcomes_unwritten = Gauge(
+            "outcomes_unwritten",
+            "Send outcomes the outbox could not take (a full disk), kept in memory and written again until it can;"
+            " their notifications stay sending meanwhile.",
+            registry=r,
+        )
         self.dispatcher_running = Gauge(
             "dispatcher_running",
             "1 while this replica's dispatcher runs (its process is up and reporting), 0 while it is restarted or"
@@ -125,6 +131,13 @@ class Metrics:
     def watch_inflight(self, read: Callable[[], int]) -> None:
         self.dispatcher_inflight.set_function(read)
 
+    def watch_unwritten(self, read: Callable[[], int]) -> None:
+        self.outcomes_unwritten.set_function(read)
+
+    def unwritten_outcomes(self) -> int:
+        """`outcomes_unwritten` as this process serves it: its own dispatcher's, or its dispatcher process'."""
+        return int(self.registry.get_sample_value("outcomes_unwritten") or 0)
+
     def track_connections(self, factory: Callable[..., C]) -> Callable[..., C]:
         """Wrap a connection factory so that `smtp_connections_open` counts what it made and is open."""
 
@@ -146,6 +159,7 @@ class Metrics:
             self.smtp_send_duration,
             self.dispatcher_inflight,
             self.smtp_connections_open,
+            self.outcomes_unwritten,
         ]
 
     # -- the outbox ---------------------------------------------------------------------------------------

@@ -64,6 +64,9 @@ class RecordingHandler:
         # Hang up at the next MAIL FROM, before anything of the mail is sent: like a server that closed an idle
         # connection a moment before the client used it again.
         self.drop_next_mail = 0
+        # When set to an Event, DATA waits for it before taking the mail; `held` counts the mails waiting so.
+        self.hold: threading.Event | None = None
+        self.held = 0
         self._lock = threading.Lock()
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
@@ -101,6 +104,9 @@ class RecordingHandler:
             return "451 4.4.2 took too long"
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
+        if self.hold is not None:
+            self.held += 1
+            await asyncio.to_thread(self.hold.wait)
         with self._lock:
             if self.drop_next_data:
                 self.drop_next_data -= 1

@@ -2,7 +2,8 @@
 
 One claimer task takes due notifications from the outbox in batches into a small in-memory queue; each
 worker keeps one SMTP connection open and sends what it takes from that queue. The queue holds at most
-SEND_CONCURRENCY notifications, so a crash can only ever repeat the sends that were in flight.
+SEND_CONCURRENCY notifications, so a crash can only ever repeat the sends that were in flight. An outcome the
+outbox cannot take (a full disk) is kept in memory and written again until it can be.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from service.config import Settings
 from service.delivery.classify import DeliveryFailed
 from service.delivery.pacing import Pacer
 from service.delivery.smtp import SmtpConnection
-from service.domain import Refusal, SendFailed, SendOutcome
+from service.domain import Outcome, Refusal, SendFailed, SendOutcome
 from service.metrics import Metrics
 from service.outbox import Notification, NotificationStore, OutboxUnavailable
 
@@ -28,6 +29,15 @@ log = structlog.get_logger("service.delivery.dispatcher")
 # The slow safety-net poll: normally the claimer is woken by new notifications or sleeps until the next
 # retry is due; this only bounds how long it can miss a row written by someone else.
 POLL_SECONDS = 5.0
+# Outcomes the outbox could not take (a full disk), kept in memory until it can: at most this many, a few
+# hundred bytes each. Past it the oldest is dropped, logged: its row stays `sending` and is sent again after a
+# restart (or once its PostgreSQL lease runs out). Claims fail on the same disk, so few ever pile up.
+UNWRITTEN_LIMIT = 10_000
+# Between tries to write them: doubling from the first, up to the last.
+UNWRITTEN_RETRY_SECONDS = (0.1, 5.0)
+
+# One outcome write, made again as often as it takes.
+OutcomeWrite = Callable[[], Awaitable[None]]
 
 
 def retry_delay(attempts: int, settings: Settings) -> float:
@@ -71,6 +81,11 @@ class Dispatcher:
         self._claimer: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
+        # By notification id, oldest first: at most one outcome per claim.
+        self._unwritten: dict[str, OutcomeWrite] = {}
+        self._unwritten_added = asyncio.Event()
+        self._rewriter: asyncio.Task[None] | None = None
+        self.metrics.watch_unwritten(lambda: len(self._unwritten))
 
     async def start(self) -> None:
         recovered = await self.outbox.recover()
@@ -83,6 +98,7 @@ class Dispatcher:
             for number in range(self.settings.SEND_CONCURRENCY)
         ]
         self._claimer = asyncio.create_task(self._claim_forever(), name="dispatcher-claimer")
+        self._rewriter = asyncio.create_task(self._write_unwritten_forever(), name="dispatcher-rewriter")
         log.info("dispatcher_started", workers=self.settings.SEND_CONCURRENCY)
 
     @property
@@ -126,7 +142,23 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
             if interrupted:
                 log.warning("dispatcher_sends_interrupted", count=interrupted)
+        if self._rewriter is not None:
+            self._rewriter.cancel()
+            await asyncio.gather(self._rewriter, return_exceptions=True)
+        if self._unwritten and not await self._write_unwritten():
+            # Still unwritable at the last moment: these rows stay `sending`, and the next start sends them again.
+            log.error(
+                "outcomes_unwritten",
+                count=len(self._unwritten),
+                notification_ids=list(self._unwritten)[:20],
+                consequence="left sending: sent again after the next start",
+            )
         log.info("dispatcher_stopped", released=len(unstarted))
+
+    @property
+    def unwritten(self) -> int:
+        """Outcomes waiting in memory for the outbox to take them."""
+        return len(self._unwritten)
 
     # -- claiming -----------------------------------------------------------------------------------------
 
@@ -219,13 +251,15 @@ class Dispatcher:
                 # to the queue and may be sent twice (at-least-once), rather than being lost.
                 await asyncio.shield(
                     self._record(
-                        self.outbox.mark_retry(
+                        notification,
+                        lambda: self.outbox.mark_retry(
                             notification.id,
                             error="interrupted by shutdown",
                             next_attempt_at=time.time(),
                             now=time.time(),
                             attempt=notification.attempts,
-                        )
+                            outcome=Outcome.INTERRUPTED,
+                        ),
                     )
                 )
                 raise
@@ -245,14 +279,16 @@ class Dispatcher:
                 await self._retry_recipients(notification, for_now, refused)
                 return
             self.metrics.observe_send(time.perf_counter() - started)
+            sent_at = time.time()
             await self._record(
-                self.outbox.mark_sent(
+                notification,
+                lambda: self.outbox.mark_sent(
                     notification.id,
                     smtp_reply=taken.smtp_reply,
                     refused=refused,
-                    now=time.time(),
+                    now=sent_at,
                     attempt=notification.attempts,
-                )
+                ),
             )
             log.info(
                 "notification_sent",
@@ -271,7 +307,8 @@ class Dispatcher:
         delay = retry_delay(notification.attempts, self.settings)
         reason = "refused for now: " + "; ".join(f"{r.address}: {r.code} {r.message}" for r in for_now)
         await self._record(
-            self.outbox.mark_retry(
+            notification,
+            lambda: self.outbox.mark_retry(
                 notification.id,
                 error=reason,
                 next_attempt_at=now + delay,
@@ -279,7 +316,8 @@ class Dispatcher:
                 attempt=notification.attempts,
                 envelope=[r.address for r in for_now],
                 refused=refused,
-            )
+                smtp_code=for_now[0].code,
+            ),
         )
         self._wake.set()
         log.warning(
@@ -298,7 +336,8 @@ class Dispatcher:
             for_good = refused_for_good(failure.refused)
             for_now = [r.address for r in refused_for_now(failure.refused)]
             await self._record(
-                self.outbox.mark_retry(
+                notification,
+                lambda: self.outbox.mark_retry(
                     notification.id,
                     error=failure.message,
                     next_attempt_at=now + delay,
@@ -306,7 +345,8 @@ class Dispatcher:
                     attempt=notification.attempts,
                     envelope=for_now if for_good and for_now else None,
                     refused=[*refused_for_good(notification.refused_recipients), *for_good] if for_good else None,
-                )
+                    smtp_code=failure.code,
+                ),
             )
             # The claimer may be asleep until a later due time (or the slow poll): let it see this one.
             self._wake.set()
@@ -324,9 +364,15 @@ class Dispatcher:
             await self._end_partly_sent(notification, failure, reason)
             return
         await self._record(
-            self.outbox.mark_failed(
-                notification.id, error=reason, refused=failure.refused, now=now, attempt=notification.attempts
-            )
+            notification,
+            lambda: self.outbox.mark_failed(
+                notification.id,
+                error=reason,
+                refused=failure.refused,
+                now=now,
+                attempt=notification.attempts,
+                smtp_code=failure.code,
+            ),
         )
         self.metrics.count_failed(permanent=not failure.transient)
         log.error(
@@ -347,25 +393,76 @@ class Dispatcher:
         ]
         refused = [*refused_for_good(notification.refused_recipients), *unreached]
         await self._record(
-            self.outbox.mark_sent(
+            notification,
+            lambda: self.outbox.mark_sent(
                 notification.id,
                 smtp_reply=notification.smtp_reply or "250 taken for the other recipients by an earlier attempt",
                 refused=refused,
                 now=now,
                 attempt=notification.attempts,
-            )
+            ),
         )
         self.metrics.notifications_sent.inc()
         log.warning(
             "notification_sent", attempts=notification.attempts, refused=[r.to_json() for r in refused], partly=True
         )
 
-    async def _record(self, write: Awaitable[None]) -> None:
-        """Write a delivery outcome to the outbox; a failed write is logged, never raised into the worker."""
+    async def _record(self, notification: Notification, write: OutcomeWrite) -> None:
+        """Write a delivery outcome to the outbox; one it cannot take now is kept and written again later."""
         try:
-            await write
+            await write()
+        except OutboxUnavailable as exc:
+            # Never raised into the worker: an outcome that failed to be written must not become a retry of a
+            # mail the server already took. Kept instead, its row `sending` under this claim (nobody claims it
+            # meanwhile), and written once the outbox takes writes again: the mail is not sent twice.
+            log.error("outbox_write_failed", error=str(exc), kept=True)
+            self._keep_unwritten(notification.id, write)
         except Exception as exc:
-            # The row stays `sending`; the next start puts it back in the queue (a possible duplicate,
-            # never a loss). Never raised: an outcome that failed to be written must not become a retry of a
-            # mail the server already took. Logged loudly: the disk, the database or a bug is in trouble.
-            log.error("outbox_write_failed", error=str(exc), exc_info=not isinstance(exc, OutboxUnavailable))
+            # A bug, not the disk: writing it again would fail again. The row stays `sending`; the next start
+            # puts it back in the queue (a possible duplicate, never a loss).
+            log.error("outbox_write_failed", error=str(exc), kept=False, exc_info=True)
+
+    def _keep_unwritten(self, notification_id: str, write: OutcomeWrite) -> None:
+        if len(self._unwritten) >= UNWRITTEN_LIMIT:
+            dropped = next(iter(self._unwritten))
+            del self._unwritten[dropped]
+            log.error(
+                "outcome_dropped",
+                dropped_notification_id=dropped,
+                limit=UNWRITTEN_LIMIT,
+                consequence="left sending: sent again after a restart or once its lease runs out",
+            )
+        self._unwritten[notification_id] = write
+        self._unwritten_added.set()
+
+    async def _write_unwritten_forever(self) -> None:
+        first, last = UNWRITTEN_RETRY_SECONDS
+        while True:
+            await self._unwritten_added.wait()
+            self._unwritten_added.clear()
+            delay = first
+            while not await self._write_unwritten():
+                await asyncio.sleep(delay)
+                delay = min(last, delay * 2)
+
+    async def _write_unwritten(self) -> bool:
+        """Write the kept outcomes, oldest first, until one fails; True once none is left."""
+        if not self._unwritten:
+            return True
+        with contextlib.suppress(Exception):
+            # Their claims must outlive the wait (a PostgreSQL lease): nobody may claim and send them again.
+            await self.outbox.hold(list(self._unwritten), time.time())
+        written = 0
+        for notification_id, write in list(self._unwritten.items()):
+            try:
+                await write()
+            except OutboxUnavailable as exc:
+                log.warning("outcomes_still_unwritten", count=len(self._unwritten), error=str(exc))
+                return False
+            except Exception as exc:
+                log.error("outbox_write_failed", error=str(exc), kept=False, exc_info=True)
+            else:
+                written += 1
+            self._unwritten.pop(notification_id, None)
+        log.info("outcomes_written", count=written)
+        return not self._unwritten

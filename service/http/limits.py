@@ -1,6 +1,7 @@
 """Limits on what comes in: a body larger than MAX_BODY_BYTES is refused with 413 before anything parses it,
-a JSON body nested deeper than MAX_JSON_DEPTH with 422 before it is parsed, and past QUEUE_LIMIT unsent
-notifications a new one is refused with 429 (backpressure).
+a JSON body nested deeper than MAX_JSON_DEPTH with 422 before it is parsed, past QUEUE_LIMIT unsent
+notifications a new one is refused with 429 (backpressure), and while the outbox cannot be written (a full disk,
+the database down) with 503.
 
 The body limit is pure ASGI: a declared Content-Length is checked up front (nothing is read), and every body,
 chunked ones too, is counted while it streams, so a lying or absent Content-Length gets no more than the limit
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.schemas import ErrorDetail
-from service.outbox import QueueFull
+from service.outbox import OutboxUnavailable, QueueFull
 
 
 def too_large_detail(max_bytes: int) -> str:
@@ -66,12 +67,19 @@ def too_deep_detail(limit: int) -> list[dict[str, object]]:
 # What a refused client is told to wait: the dispatcher drains a full queue in batches, so a few seconds
 # is the right order, and it spreads a crowd of clients that all got 429 at once.
 RETRY_AFTER_SECONDS = 5
+# An outbox that cannot be written needs an operator (space freed, the database back): clients wait longer.
+UNAVAILABLE_RETRY_AFTER_SECONDS = 30
 
 LIMIT_RESPONSES: dict[int | str, dict[str, object]] = {
     413: {"model": ErrorDetail, "description": "The body is larger than MAX_BODY_BYTES"},
     429: {
         "model": ErrorDetail,
         "description": "QUEUE_LIMIT notifications wait to be sent already; retry later",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    },
+    503: {
+        "model": ErrorDetail,
+        "description": "The outbox cannot be written (a full disk, the database down): nothing was taken; retry later",
         "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
     },
 }
@@ -86,6 +94,19 @@ async def queue_full_handler(request: Request, exc: Exception) -> JSONResponse:
         },
         status_code=429,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def outbox_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OutboxUnavailable)
+    # The cause (a path, a database error) is in the log and /health/ready's details, not told to clients.
+    return JSONResponse(
+        {
+            "detail": "the outbox cannot be written now (the disk may be full, or the database down): nothing was"
+            f" accepted; retry after {UNAVAILABLE_RETRY_AFTER_SECONDS} s"
+        },
+        status_code=503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
     )
 
 

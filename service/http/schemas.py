@@ -29,6 +29,16 @@ class RefusedRecipient(BaseModel):
     message: str
 
 
+class HistoryItem(BaseModel):
+    at: datetime
+    outcome: Literal["sent", "retry", "failed", "interrupted", "recovered", "requeued"] = Field(
+        description="sent, retry (failed for now, tried again), failed (the last word), interrupted (by shutdown),"
+        " recovered (left sending by a process that stopped), requeued (by POST …/retry): docs/api.md"
+    )
+    smtp_code: int | None = Field(description="The SMTP server's reply code, when it gave one")
+    message: str | None = Field(description="The server's reply, or the error")
+
+
 class NotificationStatus(BaseModel):
     id: str
     status: StatusField
@@ -37,7 +47,7 @@ class NotificationStatus(BaseModel):
     bcc: list[str]
     subject: str
     attempts: int
-    last_error: str | None
+    last_error: str | None = Field(description="The last error seen; it stays after a later success (see history)")
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
@@ -47,6 +57,9 @@ class NotificationStatus(BaseModel):
     refused_recipients: list[RefusedRecipient]
     request_id: str | None
     metadata: dict[str, str]
+    history: list[HistoryItem] = Field(
+        default_factory=list, description="Every attempt's outcome, oldest first; the newest 50 are kept"
+    )
 
 
 class NotificationPage(BaseModel):

@@ -5,8 +5,31 @@ from __future__ import annotations
 import abc
 from importlib import resources
 
+import structlog
+
+log = structlog.get_logger("service.outbox")
+
 
 class Database(abc.ABC):
+    # The last store write that failed, until one succeeds again: readiness fails meanwhile, since a nearly full
+    # disk still takes a heartbeat's few bytes long after it refused a notification.
+    _write_failure: str | None = None
+
+    @property
+    def write_failure(self) -> str | None:
+        """Why the last write failed, while no write has succeeded since; None when writes go through."""
+        return self._write_failure
+
+    def note_write(self, failure: Exception | None) -> None:
+        """A store write failed (`failure`) or went through (None); logged once per change of state."""
+        if failure is not None:
+            if self._write_failure is None:
+                log.error("outbox_writes_failing", error=str(failure))
+            self._write_failure = str(failure)
+        elif self._write_failure is not None:
+            self._write_failure = None
+            log.info("outbox_writes_recovered")
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Create or migrate the schema and make the stores ready."""
@@ -20,7 +43,8 @@ class Database(abc.ABC):
 
     @abc.abstractmethod
     async def check_writable(self) -> None:
-        """Raise OutboxUnavailable unless a write goes through now."""
+        """Raise OutboxUnavailable unless a write goes through now. After a failed write, the probe writes as
+        much as a notification may need, and only its success clears `write_failure`."""
 
     @property
     def lock_fd(self) -> int | None:

@@ -9,7 +9,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from service.domain import Refusal, Status
+from service.domain import HistoryEntry, Outcome, Refusal, Status
 from service.outbox.idempotency import IdempotencyRecord
 
 
@@ -40,6 +40,8 @@ class Notification:
     # When set, the SMTP envelope's recipients instead of to + cc + bcc: what is left to send after a server
     # took the mail for some recipients and refused others with a 4xx (the headers still name everyone).
     envelope: list[str] | None = None
+    # Every attempt's outcome, oldest first, the last HISTORY_LIMIT of them; `last_error` is the last error in it.
+    history: list[HistoryEntry] = field(default_factory=list)
     # Position in the outbox, assigned on insert: orders listings and makes cursors.
     seq: int | None = None
 
@@ -91,7 +93,13 @@ class NotificationStore(abc.ABC):
 
     # The outcome writes take the claim's `attempt` (its attempts number): given, the write only lands while the
     # row is still `sending` under that claim, so a claimer whose claim was taken over (a lease that ran out)
-    # cannot overwrite the newer claim's outcome.
+    # cannot overwrite the newer claim's outcome. Each appends its HistoryEntry to `history` in the same UPDATE
+    # (the newest HISTORY_LIMIT kept); `smtp_code` is the server's reply code when it gave one.
+
+    async def hold(self, notification_ids: Sequence[str], now: float) -> None:
+        """Keep these claims while their outcomes wait to be written (a full disk): nobody else may claim them
+        meanwhile. Claims that never run out (one process per SQLite file) need nothing: the default."""
+        return None
 
     @abc.abstractmethod
     async def mark_sent(
@@ -115,9 +123,12 @@ class NotificationStore(abc.ABC):
         attempt: int | None = None,
         envelope: list[str] | None = None,
         refused: Sequence[Refusal] | None = None,
+        smtp_code: int | None = None,
+        outcome: Outcome = Outcome.RETRY,
     ) -> None:
         """A transient failure: back to `queued`, due again at `next_attempt_at`. With `envelope`, only those
-        recipients are tried again (the others already have the mail); `refused` replaces the recorded list."""
+        recipients are tried again (the others already have the mail); `refused` replaces the recorded list.
+        `outcome` is RETRY, or INTERRUPTED for a send that shutdown cut short."""
 
     @abc.abstractmethod
     async def mark_failed(
@@ -128,6 +139,7 @@ class NotificationStore(abc.ABC):
         refused: Sequence[Refusal],
         now: float,
         attempt: int | None = None,
+        smtp_code: int | None = None,
     ) -> None: ...
 
     @abc.abstractmethod

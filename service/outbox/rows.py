@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from service.domain import Refusal, Status
+from service.domain import HistoryEntry, Outcome, Refusal, Status
 from service.outbox.notifications import Notification
 
 
@@ -38,6 +38,16 @@ def refused_from_json(value: str | None) -> list[Refusal]:
     return [Refusal.from_json(r) for r in json.loads(value)] if value else []
 
 
+def history_entry_json(outcome: Outcome, at: float, smtp_code: int | None, message: str | None) -> str:
+    """One entry for the `history` column, which the outcome's own UPDATE appends (keeping HISTORY_LIMIT)."""
+    return json.dumps(HistoryEntry(at=at, outcome=outcome, smtp_code=smtp_code, message=message).to_json())
+
+
+def history_from_json(value: Any) -> list[HistoryEntry]:
+    """From the column: text in SQLite, already a string of jsonb from asyncpg; NULL for rows from before 0005."""
+    return [HistoryEntry.from_json(entry) for entry in json.loads(value)] if value else []
+
+
 def notification_from_row(row: Any) -> Notification:
     """From a row with the notifications table's columns (a sqlite3.Row or an asyncpg.Record)."""
     content = json.loads(row["content"])
@@ -64,4 +74,5 @@ def notification_from_row(row: Any) -> Notification:
         updated_at=row["updated_at"],
         sent_at=row["sent_at"],
         next_attempt_at=row["next_attempt_at"],
+        history=history_from_json(row["history"]),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.http.deps import DatabaseDep, DispatcherDep, SettingsDep, SmtpProbeDep
+from service.http.deps import DatabaseDep, DispatcherDep, MetricsDep, SettingsDep, SmtpProbeDep
 from service.http.schemas import CheckDetail, Readiness, ReadinessChecks, ReadinessDetails, SmtpCheckDetail
 from service.outbox import OutboxUnavailable
 
@@ -25,7 +25,11 @@ async def live() -> dict[str, str]:
     " fail: outbox unwritable",
 )
 async def ready(
-    database: DatabaseDep, smtp_probe: SmtpProbeDep, dispatcher: DispatcherDep, settings: SettingsDep
+    database: DatabaseDep,
+    smtp_probe: SmtpProbeDep,
+    dispatcher: DispatcherDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> JSONResponse:
     schema_version = None
     outbox_reason = None
@@ -36,6 +40,11 @@ async def ready(
     except OutboxUnavailable as exc:
         outbox_check = "fail"
         outbox_reason = f"cannot be written: {exc}"
+    unwritten = metrics.unwritten_outcomes()
+    if outbox_check == "pass" and unwritten:
+        # The dispatcher's outcomes failed where this process' probe got through (another process, another size).
+        outbox_check = "fail"
+        outbox_reason = f"{unwritten} send outcomes could not be written yet (a full disk?); kept in memory"
     smtp = await smtp_probe.check_details()
     smtp_check = "pass" if smtp.ok else "fail"
     dispatcher_check = "pass" if dispatcher.running else "fail"

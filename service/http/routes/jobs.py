@@ -24,6 +24,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.http.deps import SettingsDep, TemplatesDep
 from service.intake.csv_jobs import CsvRejected, JobRunner, read_header
+from service.outbox.errors import OutboxUnavailable
 from service.outbox.jobs import Job, JobStore
 
 log = structlog.get_logger("service.http.routes")
@@ -232,9 +233,14 @@ async def create_job(
     runner: JobRunnerDep,
 ) -> JobStatus:
     job_id = str(uuid.uuid4())
-    await asyncio.to_thread(settings.JOBS_DIR.mkdir, parents=True, exist_ok=True)
     path = settings.JOBS_DIR / f"{job_id}.csv"
-    fields, got_file = await receive_upload(request, path, settings.MAX_UPLOAD_BYTES)
+    try:
+        await asyncio.to_thread(settings.JOBS_DIR.mkdir, parents=True, exist_ok=True)
+        fields, got_file = await receive_upload(request, path, settings.MAX_UPLOAD_BYTES)
+    except OSError as exc:
+        # A full disk (or an unwritable JOBS_DIR): the 503 of an outbox that cannot be written, not a 500.
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        raise OutboxUnavailable(f"the upload could not be stored in {settings.JOBS_DIR}: {exc}") from exc
     try:
         template = fields.get("template", "").strip()
         if not got_file:

@@ -17,7 +17,7 @@ from service.http.idempotency import (
     REPLAYED_HEADER_DOC,
     IdempotencyKeyHeader,
 )
-from service.http.schemas import NotificationPage, NotificationStatus, RefusedRecipient, StatusField
+from service.http.schemas import HistoryItem, NotificationPage, NotificationStatus, RefusedRecipient, StatusField
 from service.intake.request import NotificationRequest
 from service.outbox import IdempotencyKeyTaken, Notification
 
@@ -49,6 +49,12 @@ def to_status(n: Notification) -> NotificationStatus:
         refused_recipients=[RefusedRecipient(**r.to_json()) for r in n.refused_recipients],
         request_id=n.request_id,
         metadata=n.metadata,
+        history=[
+            HistoryItem(
+                at=datetime.fromtimestamp(h.at, UTC), outcome=h.outcome, smtp_code=h.smtp_code, message=h.message
+            )
+            for h in n.history
+        ],
     )
 
 

@@ -104,6 +104,8 @@ class PostgresDatabase(Database):
             return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
 
     async def check_writable(self) -> None:
+        # PostgreSQL's own disk is full or not for every write alike: the heartbeat going through clears a
+        # failed write (SQLite's probe writes more, sqlite/database.py).
         try:
             # The whole probe, waiting for a pooled connection included, answers within the timeout.
             async with asyncio.timeout(PROBE_TIMEOUT_SECONDS), self.connection() as conn:
@@ -113,6 +115,7 @@ class PostgresDatabase(Database):
                 )
         except TimeoutError as exc:
             raise OutboxUnavailable(f"outbox {redact(self.url)}: no write within {PROBE_TIMEOUT_SECONDS:g}s") from exc
+        self.note_write(None)
 
     # -- wake-ups -----------------------------------------------------------------------------------------
 
@@ -156,4 +159,7 @@ class PostgresDatabase(Database):
             async with self._pool.acquire() as conn:
                 yield conn
         except ERRORS as exc:
-            raise OutboxUnavailable(f"outbox {redact(self.url)}: {exc}") from exc
+            unavailable = OutboxUnavailable(f"outbox {redact(self.url)}: {exc}")
+            # Not only writes: a database that cannot be read cannot take the next write either.
+            self.note_write(unavailable)
+            raise unavailable from exc

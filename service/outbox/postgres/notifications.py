@@ -12,18 +12,30 @@ from typing import Any
 
 import asyncpg
 
-from service.domain import Refusal, Status
+from service.domain import HISTORY_LIMIT, Outcome, Refusal, Status, reply_code
 from service.outbox.errors import IdempotencyKeyTaken, QueueFull
 from service.outbox.idempotency import IdempotencyRecord
 from service.outbox.notifications import Notification, NotificationStore, Page
 from service.outbox.postgres.database import CHANNEL, PostgresDatabase
 from service.outbox.postgres.idempotency import insert_record
-from service.outbox.rows import content_json, notification_from_row, refused_json
+from service.outbox.rows import content_json, history_entry_json, notification_from_row, refused_json
 
 COLUMNS = (
     "seq, id, status, content, message_id, request_id, attempts, last_error, smtp_reply, refused,"
-    " created_at, updated_at, sent_at, next_attempt_at"
+    " created_at, updated_at, sent_at, next_attempt_at, history"
 )
+
+
+def append_history(parameter: int) -> str:
+    """Appends the entry in $`parameter` to `history`, dropping the oldest past HISTORY_LIMIT (`- 0`)."""
+    return (
+        f"history = CASE WHEN jsonb_array_length(coalesce(history, '[]')) >= {HISTORY_LIMIT} THEN history - 0"
+        f" ELSE coalesce(history, '[]'::jsonb) END || jsonb_build_array(${parameter}::jsonb)"
+    )
+
+
+# What a recovered attempt's history says: whether the server took the mail is not known.
+RECOVERED = "left sending by a replica that stopped; sent again, perhaps a second time"
 
 # The same columns of the row being updated, for `UPDATE notifications AS n … FROM … RETURNING`.
 _RETURNING = ", ".join(f"n.{column.strip()}" for column in COLUMNS.split(","))
@@ -111,11 +123,13 @@ class PostgresNotificationStore(NotificationStore):
 
     async def recover(self) -> int:
         # Other replicas may be sending right now: only claims whose lease has run out are given back.
+        now = time.time()
         async with self.database.connection() as conn:
             result = await conn.execute(
                 f"UPDATE notifications SET status = '{Status.QUEUED}', lease_until = NULL, claimed_by = NULL,"
-                f" updated_at = $1 WHERE status = '{Status.SENDING}' AND lease_until <= $1",
-                time.time(),
+                f" updated_at = $1, {append_history(2)} WHERE status = '{Status.SENDING}' AND lease_until <= $1",
+                now,
+                history_entry_json(Outcome.RECOVERED, now, None, RECOVERED),
             )
         return int(result.split()[-1])
 
@@ -156,6 +170,18 @@ class PostgresNotificationStore(NotificationStore):
                 self.database.replica,
             )
 
+    async def hold(self, notification_ids: Sequence[str], now: float) -> None:
+        # A fresh lease on each claim this replica still holds, so that none runs out while its outcome waits.
+        async with self.database.connection() as conn:
+            await conn.execute(
+                "UPDATE notifications SET lease_until = $1::double precision + $2::double precision"
+                f" WHERE id = ANY($3::text[]) AND status = '{Status.SENDING}' AND claimed_by = $4",
+                now,
+                self.lease_seconds,
+                list(notification_ids),
+                self.database.replica,
+            )
+
     async def _finish(self, assignments: str, notification_id: str, attempt: int | None, *args: Any) -> None:
         # With `attempt`, the outcome only lands while the row is still that claim's: a replica whose lease ran
         # out and whose row another replica claimed again (attempts + 1) cannot overwrite the newer claim.
@@ -181,12 +207,14 @@ class PostgresNotificationStore(NotificationStore):
         attempt: int | None = None,
     ) -> None:
         await self._finish(
-            f"status = '{Status.SENT}', smtp_reply = $3, refused = $4, sent_at = $5, updated_at = $5",
+            f"status = '{Status.SENT}', smtp_reply = $3, refused = $4, sent_at = $5, updated_at = $5,"
+            f" {append_history(6)}",
             notification_id,
             attempt,
             smtp_reply,
             refused_json(refused) if refused else None,
             now,
+            history_entry_json(Outcome.SENT, now, reply_code(smtp_reply), smtp_reply),
         )
 
     async def mark_retry(
@@ -199,11 +227,13 @@ class PostgresNotificationStore(NotificationStore):
         attempt: int | None = None,
         envelope: list[str] | None = None,
         refused: Sequence[Refusal] | None = None,
+        smtp_code: int | None = None,
+        outcome: Outcome = Outcome.RETRY,
     ) -> None:
         await self._finish(
             f"status = '{Status.QUEUED}', last_error = $3, next_attempt_at = $4, updated_at = $5, claimed_by = NULL,"
             " content = CASE WHEN $6::jsonb IS NULL THEN content ELSE jsonb_set(content, '{envelope}', $6::jsonb) END,"
-            " refused = COALESCE($7::jsonb, refused)",
+            f" refused = COALESCE($7::jsonb, refused), {append_history(8)}",
             notification_id,
             attempt,
             error,
@@ -211,6 +241,7 @@ class PostgresNotificationStore(NotificationStore):
             now,
             json.dumps(envelope) if envelope else None,
             refused_json(refused) if refused is not None else None,
+            history_entry_json(outcome, now, smtp_code, error),
         )
 
     async def mark_failed(
@@ -221,23 +252,27 @@ class PostgresNotificationStore(NotificationStore):
         refused: Sequence[Refusal],
         now: float,
         attempt: int | None = None,
+        smtp_code: int | None = None,
     ) -> None:
         await self._finish(
-            f"status = '{Status.FAILED}', last_error = $3, refused = $4, updated_at = $5",
+            f"status = '{Status.FAILED}', last_error = $3, refused = $4, updated_at = $5, {append_history(6)}",
             notification_id,
             attempt,
             error,
             refused_json(refused) if refused else None,
             now,
+            history_entry_json(Outcome.FAILED, now, smtp_code, error),
         )
 
     async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
         async with self.database.connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"UPDATE notifications SET status = '{Status.QUEUED}', attempts = 0, next_attempt_at = $2,"
-                f" updated_at = $2 WHERE id = $1 AND status = '{Status.FAILED}' RETURNING {COLUMNS}",
+                f" updated_at = $2, {append_history(3)}"
+                f" WHERE id = $1 AND status = '{Status.FAILED}' RETURNING {COLUMNS}",
                 notification_id,
                 now,
+                history_entry_json(Outcome.REQUEUED, now, None, None),
             )
             if row:
                 await conn.execute(f"NOTIFY {CHANNEL}")

@@ -31,6 +31,9 @@ PROBE_BUSY_TIMEOUT_MS = 1_000
 # (measured under load: p95 9 ms, max 32 ms to begin a transaction); tried every 0.2 ms, a wait lasts about
 # as long as the lock is held.
 LOCK_RETRY_SECONDS = 0.0002
+# What the readiness probe writes once a write has failed (SQLITE_FULL): room for a large notification, so that
+# readiness passes again only when the disk has room, not when a heartbeat's few bytes fit.
+ROOM_BYTES = 256 * 1024
 
 
 def split_statements(script: str) -> list[str]:
@@ -52,10 +55,13 @@ def transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T])
     db.execute("BEGIN IMMEDIATE")
     try:
         result = work(db)
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # A COMMIT that failed (SQLITE_FULL) may leave the transaction open, and SQLite may already have rolled
+        # it back: either way the connection must come out of it usable, with the first error raised.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
     return result
 
 
@@ -159,6 +165,8 @@ class SqliteDatabase(Database):
 
     async def check_writable(self) -> None:
         now = time.time()
+        failure = self.write_failure
+        room = ROOM_BYTES if failure is not None else 0
 
         def heartbeat() -> None:
             # Its own short-lived connection on its own thread: the probe must neither queue behind the outbox's
@@ -166,7 +174,12 @@ class SqliteDatabase(Database):
             db = sqlite3.connect(self.path, isolation_level=None, timeout=PROBE_BUSY_TIMEOUT_MS / 1000)
             try:
                 transaction(
-                    db, lambda db: db.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (now,))
+                    db,
+                    lambda db: db.execute(
+                        "INSERT OR REPLACE INTO heartbeat (id, at, room) VALUES (1, ?, CASE WHEN ? > 0"
+                        " THEN zeroblob(?) END)",
+                        (now, room, room),
+                    ),
                 )
             finally:
                 db.close()
@@ -176,7 +189,13 @@ class SqliteDatabase(Database):
         try:
             await asyncio.to_thread(heartbeat)
         except sqlite3.Error as exc:
+            if failure is not None:
+                raise OutboxUnavailable(
+                    f"outbox {self.path}: a write failed ({failure}), and {room // 1024} KiB do not fit yet: {exc}"
+                ) from exc
             raise OutboxUnavailable(f"outbox {self.path}: {exc}") from exc
+        if failure is not None:
+            self.note_write(None)
 
     # -- the stores' way in ---------------------------------------------------------------------------------
 
@@ -190,7 +209,21 @@ class SqliteDatabase(Database):
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(db)` in one write transaction on the outbox's thread (the triggers count what it inserts)."""
-        return await self.read(lambda db: transaction(db, fn))
+
+        def write(db: sqlite3.Connection) -> tuple[T, bool]:
+            before = db.total_changes
+            result = transaction(db, fn)
+            return result, db.total_changes > before
+
+        try:
+            result, changed = await self.read(write)
+        except OutboxUnavailable as exc:
+            self.note_write(exc)
+            raise
+        if changed:
+            # A claim that found nothing wrote nothing: it proves no room.
+            self.note_write(None)
+        return result
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         """`fn(db)`, tried again while another connection holds the lock it needs (up to BUSY_TIMEOUT_MS): a
@@ -272,10 +305,13 @@ class GroupCommit(Generic[W]):
                 for entry in batch:
                     await self._write_batch([entry])
                 return
+            if isinstance(exc, OutboxUnavailable):
+                self._database.note_write(exc)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
         else:
+            self._database.note_write(None)
             for (_, future), refusal in zip(batch, refusals, strict=True):
                 if future.done():
                     continue

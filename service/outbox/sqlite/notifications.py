@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.domain import Refusal, Status
+from service.domain import HISTORY_LIMIT, Outcome, Refusal, Status, reply_code
 from service.outbox.errors import IdempotencyKeyTaken, OutboxUnavailable, QueueFull
 from service.outbox.idempotency import IdempotencyRecord
 from service.outbox.notifications import Notification, NotificationStore, Page
-from service.outbox.rows import content_json, notification_from_row, refused_json
+from service.outbox.rows import content_json, history_entry_json, notification_from_row, refused_json
 from service.outbox.sqlite.database import SqliteDatabase
 from service.outbox.sqlite.idempotency import insert_record
 
@@ -47,7 +47,13 @@ _ROWS_PER_INSERT = 500
 
 COLUMNS = (
     "seq, id, status, content, message_id, request_id, attempts, last_error, smtp_reply, refused,"
-    " created_at, updated_at, sent_at, next_attempt_at"
+    " created_at, updated_at, sent_at, next_attempt_at, history"
+)
+
+# Appends :entry to `history`, dropping the oldest past HISTORY_LIMIT ('$[#]' removes nothing: below the limit).
+_APPEND_HISTORY = (
+    "history = json_remove(json_insert(coalesce(history, '[]'), '$[#]', json(:entry)),"
+    f" CASE WHEN json_array_length(coalesce(history, '[]')) >= {HISTORY_LIMIT} THEN '$[0]' ELSE '$[#]' END)"
 )
 
 # With an `attempt`, an outcome only lands while the row is still that claim's (see NotificationStore.mark_sent).
@@ -86,6 +92,10 @@ def count_unsent(db: sqlite3.Connection) -> int:
             f" WHERE status IN ('{Status.QUEUED}', '{Status.SENDING}')"
         ).fetchone()[0]
     )
+
+
+# What a recovered attempt's history says: whether the server took the mail is not known.
+_RECOVERED = "left sending by a process that stopped; sent again, perhaps a second time"
 
 
 class SqliteNotificationStore(NotificationStore):
@@ -171,9 +181,9 @@ class SqliteNotificationStore(NotificationStore):
 
         def recover(db: sqlite3.Connection) -> int:
             return db.execute(
-                f"UPDATE notifications SET status = '{Status.QUEUED}', updated_at = ?"
+                f"UPDATE notifications SET status = '{Status.QUEUED}', updated_at = :now, {_APPEND_HISTORY}"
                 f" WHERE status = '{Status.SENDING}'",
-                (now,),
+                {"now": now, "entry": history_entry_json(Outcome.RECOVERED, now, None, _RECOVERED)},
             ).rowcount
 
         return await self.database.write(recover)
@@ -223,13 +233,14 @@ class SqliteNotificationStore(NotificationStore):
     ) -> None:
         await self._update(
             f"UPDATE notifications SET status = '{Status.SENT}', smtp_reply = :reply, refused = :refused,"
-            f" sent_at = :now, updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
+            f" sent_at = :now, updated_at = :now, {_APPEND_HISTORY} WHERE id = :id {_STILL_CLAIMED}",
             {
                 "id": notification_id,
                 "attempt": attempt,
                 "reply": smtp_reply,
                 "refused": refused_json(refused) if refused else None,
                 "now": now,
+                "entry": history_entry_json(Outcome.SENT, now, reply_code(smtp_reply), smtp_reply),
             },
         )
 
@@ -243,10 +254,12 @@ class SqliteNotificationStore(NotificationStore):
         attempt: int | None = None,
         envelope: list[str] | None = None,
         refused: Sequence[Refusal] | None = None,
+        smtp_code: int | None = None,
+        outcome: Outcome = Outcome.RETRY,
     ) -> None:
         await self._update(
             f"UPDATE notifications SET status = '{Status.QUEUED}', last_error = :error,"
-            " next_attempt_at = :next, updated_at = :now,"
+            f" next_attempt_at = :next, updated_at = :now, {_APPEND_HISTORY},"
             " content = CASE WHEN :envelope IS NULL THEN content"
             "   ELSE json_set(content, '$.envelope', json(:envelope)) END,"
             " refused = CASE WHEN :refused IS NULL THEN refused ELSE :refused END"
@@ -259,6 +272,7 @@ class SqliteNotificationStore(NotificationStore):
                 "now": now,
                 "envelope": json.dumps(envelope) if envelope else None,
                 "refused": refused_json(refused) if refused is not None else None,
+                "entry": history_entry_json(outcome, now, smtp_code, error),
             },
         )
 
@@ -270,16 +284,18 @@ class SqliteNotificationStore(NotificationStore):
         refused: Sequence[Refusal],
         now: float,
         attempt: int | None = None,
+        smtp_code: int | None = None,
     ) -> None:
         await self._update(
             f"UPDATE notifications SET status = '{Status.FAILED}', last_error = :error, refused = :refused,"
-            f" updated_at = :now WHERE id = :id {_STILL_CLAIMED}",
+            f" updated_at = :now, {_APPEND_HISTORY} WHERE id = :id {_STILL_CLAIMED}",
             {
                 "id": notification_id,
                 "attempt": attempt,
                 "error": error,
                 "refused": refused_json(refused) if refused else None,
                 "now": now,
+                "entry": history_entry_json(Outcome.FAILED, now, smtp_code, error),
             },
         )
 
@@ -287,8 +303,9 @@ class SqliteNotificationStore(NotificationStore):
         def requeue(db: sqlite3.Connection) -> Notification | None:
             row = db.execute(
                 f"UPDATE notifications SET status = '{Status.QUEUED}', attempts = 0, next_attempt_at = :now,"
-                f" updated_at = :now WHERE id = :id AND status = '{Status.FAILED}' RETURNING {COLUMNS}",
-                {"id": notification_id, "now": now},
+                f" updated_at = :now, {_APPEND_HISTORY}"
+                f" WHERE id = :id AND status = '{Status.FAILED}' RETURNING {COLUMNS}",
+                {"id": notification_id, "now": now, "entry": history_entry_json(Outcome.REQUEUED, now, None, None)},
             ).fetchone()
             return notification_from_row(row) if row else None
 
