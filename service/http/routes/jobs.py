@@ -48,6 +48,8 @@ async def get_job_runner(request: Request) -> JobRunner:
 
 
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+# A look at an upload's form fields before the job is stored (the web page's CSRF check); raises to refuse.
+FieldsCheck = Callable[[dict[str, str]], None]
 JobRunnerDep = Annotated[JobRunner, Depends(get_job_runner)]
 
 
@@ -245,7 +247,7 @@ async def receive_job(
     store: JobStore,
     runner: JobRunner,
     *,
-    check_fields: Callable[[dict[str, str]], None] | None = None,
+    check_fields: FieldsCheck | None = None,
 ) -> Job:
     """A mail-merge upload taken in: streamed to disk, checked (a `file`, a known `template`, a header with an
     `email` column; else a 422 and the file is gone), stored and started. The API's route and the web page's,
