@@ -34,6 +34,14 @@
 
   let timer = null;
   let refreshes = 0;
+  let skipped = 0;
+
+  function skip() {
+    skipped += 1;
+    root.dataset.skipped = String(skipped);
+    setState("paused");
+    schedule();
+  }
 
   function interval() { return parseInt(document.body.dataset.refreshMs || "0", 10) || 0; }
 
@@ -44,16 +52,20 @@
     timer = setTimeout(refresh, interval());
   }
 
+  let busy = false;
+
   async function refresh() {
-    if (typing()) { setState("paused"); schedule(); return; }
+    if (busy) return;
+    if (typing()) { skip(); return; }
     if (document.hidden) { schedule(); return; }
+    busy = true;
     try {
       const response = await fetch(location.href, { headers: { "X-Live-Refresh": "1" }, cache: "no-store", credentials: "same-origin" });
       // Logged out meanwhile: the answer is the login page.
       if (new URL(response.url).pathname !== location.pathname) { location.assign(response.url); return; }
       if (!response.ok) throw new Error("HTTP " + response.status);
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
-      if (typing()) { setState("paused"); schedule(); return; }
+      if (typing()) { skip(); return; }
       for (const el of document.querySelectorAll("[data-live][id]")) {
         const next = fresh.getElementById(el.id);
         if (next) el.replaceWith(document.importNode(next, true));
@@ -66,14 +78,17 @@
       setState("on");
     } catch (error) {
       setState("error");
+    } finally {
+      busy = false;
     }
     schedule();
   }
 
+  // Stopping typing brings the page up to date at once, rather than at the next tick.
   function pauseOrResume() {
     if (!interval()) return;
     if (typing()) setState("paused");
-    else if (root.dataset.live === "paused") { setState("on"); schedule(); }
+    else if (root.dataset.live === "paused") { clearTimeout(timer); refresh(); }
   }
 
   function syncSendForm(form) {
