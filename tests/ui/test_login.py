@@ -3,6 +3,7 @@ right one in an HttpOnly, SameSite=Strict cookie, and forgets it at log-out."""
 
 from __future__ import annotations
 
+import httpx
 from playwright.async_api import Page, expect
 
 from service.http.ui.access import SESSION_COOKIE
@@ -34,6 +35,13 @@ async def test_a_key_logs_in_a_wrong_one_does_not_and_log_out_forgets(
     assert KEY not in session["value"]
     # Script on the page cannot read it.
     assert SESSION_COOKIE not in await page.evaluate("document.cookie")
+    # The mail's sandboxed frame is loaded with the session too.
+    async with httpx.AsyncClient(base_url=service.base_url, headers={"Authorization": f"Bearer {KEY}"}) as api:
+        body = {"to": ["ada@example.com"], "subject": "Framed", "html": "<h2>Inside the frame</h2>"}
+        created = (await api.post("/v1/notifications", json=body)).json()
+    await page.goto(f"{service.base_url}/ui/notifications/{created['id']}")
+    frame = page.frame_locator("iframe.mail-html")
+    await expect(frame.get_by_role("heading", name="Inside the frame")).to_be_visible()
 
     await page.get_by_role("button", name="Log out").click()
     await expect(page).to_have_url(f"{service.base_url}/ui/login")

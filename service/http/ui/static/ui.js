@@ -60,7 +60,7 @@
     if (document.hidden) { schedule(); return; }
     busy = true;
     try {
-      const response = await fetch(location.href, { headers: { "X-Live-Refresh": "1" }, cache: "no-store", credentials: "same-origin" });
+      const response = await fetch(location.href, { cache: "no-store", credentials: "same-origin" });
       // Logged out meanwhile: the answer is the login page.
       if (new URL(response.url).pathname !== location.pathname) { location.assign(response.url); return; }
       if (!response.ok) throw new Error("HTTP " + response.status);
