@@ -1,8 +1,5 @@
-"""The web page at /ui/: activity, one notification, send, jobs, login. Server-rendered (Jinja2) with a little
-plain script; it reaches the outbox, the intake and the dispatcher only through `backend`.
-
-Its routes are left out of the OpenAPI schema: they are a page, not the API.
-"""
+"""The web page at /ui/ (activity, a notification, send, jobs, login), server-rendered with a little plain script.
+Its routes are left out of the OpenAPI schema: they are a page, not the API (docs/ui.md)."""
 
 from __future__ import annotations
 

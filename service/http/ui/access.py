@@ -1,10 +1,5 @@
 """Who may use the web page: with API_KEYS set, a signed, expiring session cookie got by logging in with a key;
-and the CSRF token every form that changes something must carry.
-
-The cookie holds an expiry, the key's fingerprint and an HMAC of both under a secret derived from that key:
-never the key. Removing a key from API_KEYS ends its sessions. Hand-rolled on `hmac` (a dozen lines) rather
-than a signing library the service does not otherwise need.
-"""
+and the CSRF token every form that changes something must carry."""
 
 from __future__ import annotations
 
@@ -40,7 +35,9 @@ def _sign(key: bytes, message: str) -> str:
 
 
 def issue_session(key: str, now: float) -> str:
-    """A session cookie's value for a logged-in `key`."""
+    """A session cookie's value for a logged-in `key`: its expiry, the key's fingerprint and an HMAC of both under
+    a secret derived from the key, never the key; removing the key from API_KEYS ends its sessions. On `hmac`
+    (a dozen lines) rather than a signing library the service does not otherwise need."""
     payload = f"{int(now) + SESSION_SECONDS}.{api_key_id(key)}"
     return f"{payload}.{_sign(_derived(key, b'ui-session'), payload)}"
 

@@ -1,8 +1,5 @@
-"""Everything the web page asks of the rest of the service: the outbox, the job store, the intake and the
-dispatcher, each reached the way the API's routes reach them.
-
-The page's only way in: when the intake or the stores move, this module is the one to rewire.
-"""
+"""The web page's only way to the outbox, the job store, the intake and the dispatcher, each reached the way the
+API's routes reach them: when the intake or the stores move, this module is the one to rewire."""
 
 from __future__ import annotations
 
