@@ -16,8 +16,9 @@ import time
 import uuid
 from pathlib import Path
 
+from service.domain import Refusal
 from service.outbox import Notification
-from service.outbox.sqlite import SqliteOutbox
+from service.outbox.sqlite import sqlite_outbox
 from tests.e2e.processes import ROOT, service_env, start_service
 from tests.smtp_sink import SmtpSink
 from tests.ui.browser import chromium
@@ -104,8 +105,9 @@ async def seed(outbox_path: Path, now: float) -> str:
     accepted += [receipt, report]
     accepted.sort(key=lambda n: n.created_at)
 
-    outbox = SqliteOutbox(outbox_path)
-    await outbox.open()
+    opened = sqlite_outbox(outbox_path)
+    await opened.open()
+    outbox = opened.notifications
     try:
         await outbox.add(accepted)
         await outbox.claim(len(accepted), time.time())
@@ -113,7 +115,7 @@ async def seed(outbox_path: Path, now: float) -> str:
             done_at = min(now - 1, n.created_at + rng.uniform(0.05, 0.6))
             if n.id in bounced:
                 address = n.to[0].rpartition("<")[2].rstrip(">")
-                refused = [{"address": address, "code": 550, "message": "5.1.1 User unknown"}]
+                refused = [Refusal(address, 550, "5.1.1 User unknown")]
                 await outbox.mark_failed(n.id, error=BOUNCE.format(address=address), refused=refused, now=done_at)
             elif n not in (receipt, report):
                 await outbox.mark_sent(
@@ -133,7 +135,7 @@ async def seed(outbox_path: Path, now: float) -> str:
         )
         return receipt.id
     finally:
-        await outbox.close()
+        await opened.close()
 
 
 async def take_screenshots(out_dir: Path, work_dir: Path) -> list[Path]:

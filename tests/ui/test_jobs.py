@@ -6,10 +6,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from playwright.async_api import Page, expect
 
 from tests.smtp_sink import SmtpSink, free_port
 from tests.ui.conftest import StartService
+
+# Each starts the service under uvicorn and drives Chromium.
+pytestmark = pytest.mark.slow
 
 WAIT_MS = 30_000
 ROWS = 40

@@ -4,9 +4,13 @@ stop, it catches up at once."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from playwright.async_api import Page, expect
 
 from tests.ui.conftest import StartService
+
+# Each starts the service under uvicorn and drives Chromium.
+pytestmark = pytest.mark.slow
 
 # The page refreshes every few seconds: a tick must have come and gone within this.
 WAIT_MS = 20_000

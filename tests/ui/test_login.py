@@ -4,10 +4,14 @@ right one in an HttpOnly, SameSite=Strict cookie, and forgets it at log-out."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from playwright.async_api import Page, expect
 
 from service.http.ui.access import SESSION_COOKIE
 from tests.ui.conftest import StartService
+
+# Each starts the service under uvicorn and drives Chromium.
+pytestmark = pytest.mark.slow
 
 KEY = "browser-key-0123456789abcdef"
 

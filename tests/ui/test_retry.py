@@ -4,10 +4,14 @@ again and its page follows it to `sent`."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from playwright.async_api import Page, expect
 
 from tests.smtp_sink import SmtpSink
 from tests.ui.conftest import StartService
+
+# Each starts the service under uvicorn and drives Chromium.
+pytestmark = pytest.mark.slow
 
 WAIT_MS = 20_000
 

@@ -8,6 +8,8 @@ import re
 import struct
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.processes import ROOT
 from tests.ui.browser import require_browser
 from tests.ui.screenshots import ACTIVITY_PNG, DOCS, NOTIFICATION_PNG, take_screenshots
@@ -29,6 +31,7 @@ def test_the_readme_shows_both_screenshots_and_the_pages_doc() -> None:
     assert (DOCS / "ui.md").exists()
 
 
+@pytest.mark.slow
 async def test_the_screenshot_script_photographs_both_pages(tmp_path: Path) -> None:
     require_browser()
     taken = await take_screenshots(tmp_path, tmp_path)

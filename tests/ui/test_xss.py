@@ -7,9 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from playwright.async_api import Page, expect
 
 from tests.ui.conftest import StartService
+
+# Each starts the service under uvicorn and drives Chromium.
+pytestmark = pytest.mark.slow
 
 WAIT_MS = 20_000
 # Each payload, if it ever ran, would set window.__xss or open a dialog.

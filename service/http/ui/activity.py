@@ -11,11 +11,12 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.exceptions import HTTPException
 
+from service.domain import Status
 from service.http.ui.access import CSRF_FIELD, Access, require_access
 from service.http.ui.backend import Backend
 from service.http.ui.chart import minute_chart
 from service.http.ui.pages import MAIL_HTML_CSP, PREFIX, PageRoute, render
-from service.outbox import FAILED, QUEUED, SENDING, SENT, STATUSES, Notification
+from service.outbox import Notification
 
 router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
 AccessDep = Annotated[Access, Depends(require_access)]
@@ -45,7 +46,7 @@ def timeline(n: Notification, max_attempts: int) -> list[Step]:
     """The notification's life as far as the outbox records it: accepted, its attempts (their count and the last
     error; earlier errors are not kept one by one), and where it stands now."""
     steps = [Step("Accepted", n.created_at, f"request {n.request_id}" if n.request_id else None)]
-    if n.status == QUEUED:
+    if n.status == Status.QUEUED:
         if n.attempts == 0 and n.last_error:
             steps.append(Step("Queued again by a retry", n.updated_at, f"the error before: {n.last_error}", "warn"))
         if n.attempts == 0:
@@ -54,15 +55,15 @@ def timeline(n: Notification, max_attempts: int) -> list[Step]:
             # mark_retry stamps updated_at when the attempt failed.
             steps.append(Step(_failed_attempts(n.attempts), n.updated_at, n.last_error, "warn"))
             steps.append(Step(f"Attempt {n.attempts + 1} of {max_attempts} due", n.next_attempt_at, None, "current"))
-    elif n.status == SENDING:
+    elif n.status == Status.SENDING:
         if n.attempts > 1 and n.last_error:
             steps.append(Step(_failed_attempts(n.attempts - 1), None, n.last_error, "warn"))
         steps.append(Step(f"Attempt {n.attempts} of {max_attempts}: sending now", n.updated_at, None, "current"))
-    elif n.status == SENT:
+    elif n.status == Status.SENT:
         if n.attempts > 1 and n.last_error:
             steps.append(Step(_failed_attempts(n.attempts - 1), None, n.last_error, "warn"))
         steps.append(Step(f"Sent at attempt {n.attempts}", n.sent_at, n.smtp_reply))
-    elif n.status == FAILED:
+    elif n.status == Status.FAILED:
         steps.append(Step(f"Failed at attempt {n.attempts}", n.updated_at, n.last_error, "failed"))
     return steps
 
@@ -76,7 +77,7 @@ async def activity(
     cursor: str | None = None,
 ) -> Response:
     backend = Backend(request)
-    chosen = status if status in STATUSES else None
+    chosen = Status(status) if status in set(Status) else None
     recipient = recipient.strip()[:320]
     after = cursor if cursor and _CURSOR.match(cursor) else None
     stats = await backend.stats()
@@ -116,7 +117,7 @@ def _notification_page(
             "envelope": backend.envelope(n),
             "headers": backend.headers(n),
             "problem": problem,
-            "refresh_ms": ACTIVE_REFRESH_MS if n.status in (QUEUED, SENDING) else 0,
+            "refresh_ms": ACTIVE_REFRESH_MS if n.status in (Status.QUEUED, Status.SENDING) else 0,
         },
         status_code=status_code,
     )

@@ -12,14 +12,16 @@ from fastapi.responses import StreamingResponse
 from service.config import Settings
 from service.delivery.mime import addr_spec, build_message
 from service.delivery.process import AnyDispatcher
+from service.domain import Status
 from service.http.routes import jobs as job_routes
 from service.http.routes.notifications import accept, new_notification, retry_notification
 from service.http.routes.templates import render_request
 from service.intake.csv_jobs import JobRunner
 from service.intake.request import NotificationRequest
 from service.intake.templates import MailTemplate, Templates
-from service.outbox import Notification, Outbox, Page, QueueStats
+from service.outbox import Notification, NotificationStore, Page, StatsStore
 from service.outbox.jobs import Job, JobStore
+from service.outbox.stats import QueueStats
 
 # The activity chart's span, in one-minute buckets.
 CHART_MINUTES = 60
@@ -40,26 +42,27 @@ class Backend:
     def __init__(self, request: Request) -> None:
         state = request.app.state
         self.settings: Settings = state.settings
-        self.outbox: Outbox = state.outbox
+        self.notifications: NotificationStore = state.outbox.notifications
+        self.stats_store: StatsStore = state.outbox.stats
+        self.job_store: JobStore = state.outbox.jobs
         self.dispatcher: AnyDispatcher = state.dispatcher
         self.templates: Templates = state.templates
-        self.job_store: JobStore = state.job_store
         self.job_runner: JobRunner = state.job_runner
 
     # -- reading -------------------------------------------------------------------------------------
 
     async def stats(self) -> QueueStats:
-        return await self.outbox.queue_stats(time.time(), minutes=CHART_MINUTES, errors=0)
+        return await self.stats_store.queue_stats(time.time(), minutes=CHART_MINUTES, errors=0)
 
-    async def page(self, *, status: str | None, recipient: str, limit: int, cursor: str | None) -> Page:
+    async def page(self, *, status: Status | None, recipient: str, limit: int, cursor: str | None) -> Page:
         if recipient:
-            return await self.outbox.page_for_recipient(
+            return await self.notifications.page_for_recipient(
                 recipient=recipient, status=status, limit=limit, cursor=cursor, scan=SEARCH_WINDOW_ROWS
             )
-        return await self.outbox.page(status=status, limit=limit, cursor=cursor)
+        return await self.notifications.page(status=status, limit=limit, cursor=cursor)
 
     async def notification(self, notification_id: str) -> Notification | None:
-        return await self.outbox.get(notification_id)
+        return await self.notifications.get(notification_id)
 
     def envelope(self, notification: Notification) -> Envelope:
         """What the SMTP server is told: MAIL FROM and every RCPT TO (Bcc included; after a partial refusal,
@@ -91,12 +94,12 @@ class Backend:
         """Accept one notification as POST /v1/notifications does (without an Idempotency-Key): rendered, checked,
         on disk, counted, logged, handed to the dispatcher. Raises RequestValidationError (its 422) or QueueFull."""
         notification = new_notification(render_request(body, self.templates), self.settings, request_id)
-        await accept(notification, self.outbox, self.dispatcher, background)
+        await accept(notification, self.notifications, self.dispatcher, background)
         return notification
 
     async def retry(self, notification_id: str, background: BackgroundTasks) -> None:
         """POST /v1/notifications/{id}/retry itself: its 404 and 409 come out as its HTTPException."""
-        await retry_notification(notification_id, self.outbox, self.dispatcher, background)
+        await retry_notification(notification_id, self.notifications, self.dispatcher, background)
 
     async def start_job(self, request: Request, check_fields: job_routes.FieldsCheck) -> Job:
         """POST /v1/jobs's own upload, checks and start; `check_fields` runs before anything is stored."""
