@@ -10,12 +10,12 @@ from fastapi import BackgroundTasks, Request
 from fastapi.responses import StreamingResponse
 
 from service.config import Settings
+from service.delivery.handle import DispatcherHandle
 from service.delivery.mime import addr_spec, build_message
-from service.delivery.process import AnyDispatcher
 from service.domain import Status
 from service.http.routes import jobs as job_routes
-from service.http.routes.notifications import accept, new_notification, retry_notification
-from service.http.routes.templates import render_request
+from service.http.routes.notifications import retry_notification
+from service.intake.accept import Intake
 from service.intake.csv_jobs import JobRunner
 from service.intake.request import NotificationRequest
 from service.intake.templates import MailTemplate, Templates
@@ -45,7 +45,8 @@ class Backend:
         self.notifications: NotificationStore = state.outbox.notifications
         self.stats_store: StatsStore = state.outbox.stats
         self.job_store: JobStore = state.outbox.jobs
-        self.dispatcher: AnyDispatcher = state.dispatcher
+        self.dispatcher: DispatcherHandle = state.dispatcher
+        self.intake: Intake = state.intake
         self.templates: Templates = state.templates
         self.job_runner: JobRunner = state.job_runner
 
@@ -91,10 +92,11 @@ class Backend:
     async def send(
         self, body: NotificationRequest, request_id: str | None, background: BackgroundTasks
     ) -> Notification:
-        """Accept one notification as POST /v1/notifications does (without an Idempotency-Key): rendered, checked,
-        on disk, counted, logged, handed to the dispatcher. Raises RequestValidationError (its 422) or QueueFull."""
-        notification = new_notification(render_request(body, self.templates), self.settings, request_id)
-        await accept(notification, self.notifications, self.dispatcher, background)
+        """Accept one notification through the intake, as POST /v1/notifications does (without an Idempotency-Key):
+        rendered, checked, on disk, counted, logged, handed to the dispatcher. Raises RequestValidationError (its
+        422) or QueueFull."""
+        notification = self.intake.build(body, request_id)
+        await self.intake.accept(notification, background)
         return notification
 
     async def retry(self, notification_id: str, background: BackgroundTasks) -> None:
