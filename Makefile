@@ -8,10 +8,10 @@ export UV_PYTHON_DOWNLOADS := never
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --no-sync
 
-.PHONY: help uv install dev test test-fast lint
+.PHONY: help uv install dev test test-fast lint screenshots
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -24,11 +24,14 @@ dev: install ## run the service on :8000 beside an SMTP sink on :1025 that print
 	$(RUN) python -m aiosmtpd -n -l 127.0.0.1:1025 -c aiosmtpd.handlers.Debugging & \
 	SMTP_HOST=127.0.0.1 SMTP_PORT=1025 LOG_FORMAT=console $(RUN) uvicorn service.main:app --host 127.0.0.1 --port 8000 --reload
 
-test: install ## run the test suite (real SMTP server, real SQLite, real HTTP; no Docker)
+test: install ## run the test suite (real SMTP server, real SQLite, real HTTP, Chromium for the page; no Docker)
 	$(RUN) pytest
 
 test-fast: install ## the suite without the slow tests that start processes or soak (-m "not slow")
 	$(RUN) pytest -m "not slow"
+
+screenshots: install ## the README's pictures of the activity page, again (docs/ui-*.png; needs chromium)
+	$(RUN) python -m tests.ui.screenshots
 
 lint: install ## ruff (lint and format check), mypy --strict on service/, import layers (import-linter)
 	$(RUN) ruff check .

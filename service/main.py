@@ -21,7 +21,7 @@ from service.delivery.dispatcher import Dispatcher
 from service.delivery.dkim import check_dkim_or_exit
 from service.delivery.probe import SmtpProbe
 from service.delivery.process import DispatcherProcess
-from service.http import errors
+from service.http import errors, ui
 from service.http.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.http.idempotency import Idempotency
 from service.http.limits import LIMIT_RESPONSES, BodyLimitMiddleware, outbox_unavailable_handler, queue_full_handler
@@ -125,12 +125,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tutorial.router, **guarded)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    # Last, so that the API's routes are matched first; the page checks its own session cookie.
+    app.include_router(ui.router)
     app.add_exception_handler(QueueFull, queue_full_handler)
     app.add_exception_handler(OutboxUnavailable, outbox_unavailable_handler)
     app.add_exception_handler(RequestValidationError, errors.request_validation_error)
     # Inside the request-id middleware, so a 413 carries X-Request-ID too.
     # The CSV upload streams to disk under its own MAX_UPLOAD_BYTES instead.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES, exempt=frozenset({jobs.UPLOAD_PATH}))
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES, exempt=frozenset({jobs.UPLOAD_PATH, ui.UPLOAD_PATH})
+    )
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so that its clock covers the other middleware too.
     app.add_middleware(HttpMetricsMiddleware, metrics=app_metrics)

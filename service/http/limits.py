@@ -85,15 +85,17 @@ LIMIT_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
+def queue_full_detail(exc: QueueFull) -> str:
+    return (
+        f"the queue is full: {exc.unsent} notifications wait to be sent and QUEUE_LIMIT is"
+        f" {exc.limit}, so {exc.adding} more cannot be taken now; retry after {RETRY_AFTER_SECONDS} s"
+    )
+
+
 async def queue_full_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, QueueFull)
     return JSONResponse(
-        {
-            "detail": f"the queue is full: {exc.unsent} notifications wait to be sent and QUEUE_LIMIT is"
-            f" {exc.limit}, so {exc.adding} more cannot be taken now; retry after {RETRY_AFTER_SECONDS} s"
-        },
-        status_code=429,
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        {"detail": queue_full_detail(exc)}, status_code=429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
     )
 
 

@@ -60,6 +60,10 @@ class JobStore(abc.ABC):
         """The job with its notifications counted by status and its first `errors` rejected rows."""
 
     @abc.abstractmethod
+    async def latest(self, limit: int) -> list[Job]:
+        """The newest `limit` jobs, newest first, their notifications counted as `get` counts them; no errors."""
+
+    @abc.abstractmethod
     async def running(self) -> list[Job]:
         """Jobs to resume at start: unfinished, and this process's to run (see the implementations)."""
 

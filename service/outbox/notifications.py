@@ -55,6 +55,18 @@ class Page:
     items: list[Notification]
     next_cursor: str | None
 
+    @classmethod
+    def of_window(cls, matches: list[Notification], *, limit: int, oldest: int | None, seen: int, scan: int) -> Page:
+        """A page of a windowed search (page_for_recipient): up to `limit` + 1 `matches` in a window of `seen`
+        rows down to seq `oldest`. It goes on after its last item when the window held more matches, else below
+        the window when the window was full (older rows may match), else nowhere."""
+        items = matches[:limit]
+        if len(matches) > limit and items:
+            return cls(items, str(items[-1].seq))
+        if seen >= scan and oldest is not None:
+            return cls(items, str(oldest))
+        return cls(items, None)
+
 
 class NotificationStore(abc.ABC):
     """What the routes and the dispatcher do with notifications; SQL lives in the implementations."""
@@ -78,6 +90,17 @@ class NotificationStore(abc.ABC):
     @abc.abstractmethod
     async def page(self, *, status: Status | None, limit: int, cursor: str | None) -> Page:
         """Notifications newest first; `cursor` is the `next_cursor` of the previous page."""
+
+    @abc.abstractmethod
+    async def page_for_recipient(
+        self, *, recipient: str, status: Status | None, limit: int, cursor: str | None, scan: int
+    ) -> Page:
+        """Notifications newest first whose to, cc or bcc contain `recipient` (ASCII case-insensitive).
+
+        Looks at no more than `scan` rows past `cursor`: no index holds recipients (one would cost every accept
+        a write), so a rare address is found a window at a time. A page may then hold fewer than `limit` items
+        and still have a `next_cursor`, where the search goes on.
+        """
 
     @abc.abstractmethod
     async def recover(self) -> int:

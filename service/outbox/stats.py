@@ -4,7 +4,7 @@ database so that replicas sharing one agree, and cheap at any table size (migrat
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service.domain import Status
 
@@ -35,6 +35,8 @@ class QueueStats:
     # (start of the minute as UNIX seconds, mail sent in it), oldest first, the current minute last.
     sent_per_minute: list[tuple[float, int]]
     recent_errors: list[ErrorEntry]
+    # The same minutes, with the notifications that ended `failed` in each (by their last update).
+    failed_per_minute: list[tuple[float, int]] = field(default_factory=list)
 
 
 class StatsStore(abc.ABC):
@@ -44,4 +46,4 @@ class StatsStore(abc.ABC):
 
     @abc.abstractmethod
     async def queue_stats(self, now: float, *, minutes: int, errors: int) -> QueueStats:
-        """The gauges, mail sent per minute over the last `minutes` and the `errors` latest errors."""
+        """The gauges, mail sent and failed per minute over the last `minutes` and the `errors` latest errors."""

@@ -86,3 +86,13 @@ def test_a_notification_arrives_in_the_inbox(client: httpx.Client) -> None:
         f"\nsmoke: mail to {address} arrived; see it at {MAILHOG_URL} (search for {token}),"
         f" its status at {NOTIFIER_URL}/v1/notifications/{notification_id}"
     )
+
+
+def test_the_root_shows_the_activity_page(client: httpx.Client) -> None:
+    response = client.get(f"{NOTIFIER_URL}/", follow_redirects=True)
+
+    assert response.status_code == 200
+    # The page itself, or its login when API_KEYS is set.
+    assert response.url.path in ("/ui/", "/ui/login")
+    assert "notification-service" in response.text
+    assert "default-src 'none'" in response.headers["content-security-policy"]

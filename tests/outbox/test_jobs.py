@@ -64,6 +64,24 @@ async def test_a_chunk_stores_its_mail_errors_and_progress_together(tmp_path: Pa
     await store.close()
 
 
+async def test_the_latest_jobs_come_newest_first_with_their_mail_counted(tmp_path: Path, outbox: Outbox) -> None:
+    store = outbox.jobs
+    older, newer, newest = (new_job(tmp_path) for _ in range(3))
+    for offset, job in enumerate((older, newer, newest)):
+        job.created_at = 1000.0 + offset
+        await store.create(job)
+    await store.add_chunk(newer.id, [notification(), notification()], [RowError(4, None, "no email")], rows_done=4)
+    [claimed, _] = await outbox.notifications.claim(2, time.time())
+    await outbox.notifications.mark_sent(claimed.id, smtp_reply="250 ok", refused=[], now=time.time())
+
+    latest = await store.latest(2)
+
+    assert [job.id for job in latest] == [newest.id, newer.id]
+    assert (latest[1].accepted, latest[1].rejected, latest[1].queued, latest[1].sent) == (2, 1, 1, 1)
+    # A list, not a job's page: its rejected rows are not read.
+    assert latest[1].errors == []
+
+
 async def test_a_job_is_resumed_by_one_replica_only(tmp_path: Path, replicas: tuple[Outbox, Outbox]) -> None:
     first, second = (outbox.jobs for outbox in replicas)
     try:

@@ -97,6 +97,24 @@ async def test_sends_are_counted_per_minute_oldest_first(outbox: Outbox) -> None
     assert stats.sent_per_minute == [(now - 30 - 120, 0), (now - 30 - 60, 1), (now - 30, 2)]
 
 
+async def test_failures_are_counted_per_minute_by_when_they_failed(outbox: Outbox) -> None:
+    now = 60 * 1_000_000 + 30.0
+    store = outbox.notifications
+    await store.add([notification() for _ in range(5)])
+    failed_now, failed_before, retrying, sent, failed_long_ago = await store.claim(5, time.time())
+    await store.mark_failed(failed_now.id, error="550 no", refused=[], now=now - 1)
+    await store.mark_failed(failed_before.id, error="550 no", refused=[], now=now - 61)
+    # Neither a retry nor a send is a failure; nor is a failure older than the minutes asked for.
+    await store.mark_retry(retrying.id, error="451 later", next_attempt_at=1e12, now=now - 2)
+    await store.mark_sent(sent.id, smtp_reply="250 ok", refused=[], now=now - 3)
+    await store.mark_failed(failed_long_ago.id, error="550 no", refused=[], now=now - 3600)
+
+    stats = await outbox.stats.queue_stats(now, minutes=3, errors=0)
+
+    assert stats.failed_per_minute == [(now - 30 - 120, 0), (now - 30 - 60, 1), (now - 30, 1)]
+    assert stats.sent_per_minute == [(now - 30 - 120, 0), (now - 30 - 60, 0), (now - 30, 1)]
+
+
 async def test_latest_errors_are_retrying_or_failed_newest_first(outbox: Outbox) -> None:
     await outbox.notifications.add([notification(request_id=f"r{i}") for i in range(4)])
     retried_then_sent, failed, retrying, fine = await outbox.notifications.claim(4, time.time())
@@ -129,7 +147,7 @@ async def test_reading_the_stats_never_scans_the_table(sqlite: Outbox) -> None:
     await database.read(lambda db: db.set_trace_callback(None))
 
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    assert len(selects) >= 4
+    assert len(selects) >= 5
     for statement in selects:
         plan = await database.read(lambda db, s=statement: db.execute(f"EXPLAIN QUERY PLAN {s}").fetchall())
         details = " | ".join(row[3] for row in plan)
@@ -153,6 +171,9 @@ async def test_postgresql_stats_never_scan_the_table(postgres_url: str) -> None:
             f" AND sent_at >= {now - 900} GROUP BY minute",
             f"SELECT id FROM notifications WHERE last_error IS NOT NULL AND status <> '{Status.SENT}'"
             " ORDER BY updated_at DESC LIMIT 10",
+            f"SELECT floor(updated_at / 60) AS minute, count(*) FROM notifications WHERE last_error IS NOT NULL"
+            f" AND status <> '{Status.SENT}' AND updated_at >= {now - 3600} AND status = '{Status.FAILED}'"
+            " GROUP BY minute",
         ]
         async with store.database.connection() as conn:
             await conn.execute("ANALYZE")

@@ -9,7 +9,7 @@ import io
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
@@ -22,8 +22,10 @@ from pydantic import BaseModel
 from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from service.config import Settings
 from service.http.deps import SettingsDep, TemplatesDep
 from service.intake.csv_jobs import CsvRejected, JobRunner, read_header
+from service.intake.templates import Templates
 from service.outbox.errors import OutboxUnavailable
 from service.outbox.jobs import Job, JobStore
 
@@ -47,6 +49,8 @@ async def get_job_runner(request: Request) -> JobRunner:
 
 
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+# A look at an upload's form fields before the job is stored (the web page's CSRF check); raises to refuse.
+FieldsCheck = Callable[[dict[str, str]], None]
 JobRunnerDep = Annotated[JobRunner, Depends(get_job_runner)]
 
 
@@ -232,6 +236,23 @@ async def create_job(
     store: JobStoreDep,
     runner: JobRunnerDep,
 ) -> JobStatus:
+    job = await receive_job(request, settings, templates, store, runner)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return to_job_status(job)
+
+
+async def receive_job(
+    request: Request,
+    settings: Settings,
+    templates: Templates,
+    store: JobStore,
+    runner: JobRunner,
+    *,
+    check_fields: FieldsCheck | None = None,
+) -> Job:
+    """A mail-merge upload taken in: streamed to disk, checked (a `file`, a known `template`, a header with an
+    `email` column; else a 422 and the file is gone), stored and started. The API's route and the web page's,
+    whose `check_fields` (its CSRF check) sees the form's fields before anything is stored."""
     job_id = str(uuid.uuid4())
     path = settings.JOBS_DIR / f"{job_id}.csv"
     try:
@@ -242,6 +263,8 @@ async def create_job(
         await asyncio.to_thread(path.unlink, missing_ok=True)
         raise OutboxUnavailable(f"the upload could not be stored in {settings.JOBS_DIR}: {exc}") from exc
     try:
+        if check_fields is not None:
+            check_fields(fields)
         template = fields.get("template", "").strip()
         if not got_file:
             raise _invalid("file", "no `file` part: send the CSV as -F file=@people.csv")
@@ -264,8 +287,7 @@ async def create_job(
     await store.create(job)
     log.info("job_accepted", job_id=job.id, template=template)
     runner.start(job)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return to_job_status(job)
+    return job
 
 
 async def _job_or_404(store: JobStore, job_id: str) -> Job:

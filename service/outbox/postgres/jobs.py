@@ -35,6 +35,20 @@ def _job(row: asyncpg.Record) -> Job:
     return Job(**dict(row.items()))
 
 
+async def _counted(conn: asyncpg.Connection, job: Job) -> Job:
+    """The job with its notifications counted by status (the (job_id, status) index)."""
+    counts = {
+        r["status"]: r["count"]
+        for r in await conn.fetch(
+            "SELECT status, count(*) AS count FROM notifications WHERE job_id = $1 GROUP BY status", job.id
+        )
+    }
+    job.queued = counts.get(Status.QUEUED, 0) + counts.get(Status.SENDING, 0)
+    job.sent = counts.get(Status.SENT, 0)
+    job.failed = counts.get(Status.FAILED, 0)
+    return job
+
+
 class PostgresJobStore(JobStore):
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database
@@ -102,21 +116,18 @@ class PostgresJobStore(JobStore):
             row = await conn.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
             if row is None:
                 return None
-            job = _job(row)
-            counts = {
-                r["status"]: r["count"]
-                for r in await conn.fetch(
-                    "SELECT status, count(*) AS count FROM notifications WHERE job_id = $1 GROUP BY status", job_id
-                )
-            }
+            job = await _counted(conn, _job(row))
             error_rows = await conn.fetch(
                 "SELECT row, email, reason FROM job_errors WHERE job_id = $1 ORDER BY row LIMIT $2", job_id, errors
             )
-        job.queued = counts.get(Status.QUEUED, 0) + counts.get(Status.SENDING, 0)
-        job.sent = counts.get(Status.SENT, 0)
-        job.failed = counts.get(Status.FAILED, 0)
         job.errors = [RowError(r["row"], r["email"], r["reason"]) for r in error_rows]
         return job
+
+    async def latest(self, limit: int) -> list[Job]:
+        async with self.database.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            # No index on created_at: a job is an uploaded CSV, so the table stays small enough to sort.
+            rows = await conn.fetch(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT $1", limit)
+            return [await _counted(conn, _job(row)) for row in rows]
 
     async def running(self) -> list[Job]:
         async with self.database.connection() as conn:

@@ -109,6 +109,39 @@ class PostgresNotificationStore(NotificationStore):
         more = len(rows) > limit
         return Page(items=items, next_cursor=str(items[-1].seq) if more and items else None)
 
+    async def page_for_recipient(
+        self, *, recipient: str, status: Status | None, limit: int, cursor: str | None, scan: int
+    ) -> Page:
+        before = int(cursor) if cursor else None
+        # One snapshot: the window's bounds and its matches.
+        async with self.database.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            window = await conn.fetchrow(
+                "SELECT min(seq) AS oldest, count(*) AS seen FROM (SELECT seq FROM notifications"
+                " WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR seq < $2)"
+                " ORDER BY seq DESC LIMIT $3) AS window_rows",
+                status,
+                before,
+                scan,
+            )
+            rows = await conn.fetch(
+                f"SELECT {COLUMNS} FROM notifications"
+                " WHERE seq >= $3 AND ($2::bigint IS NULL OR seq < $2) AND ($1::text IS NULL OR status = $1)"
+                " AND strpos(lower(concat(content -> 'to', content -> 'cc', content -> 'bcc')), $4) > 0"
+                " ORDER BY seq DESC LIMIT $5",
+                status,
+                before,
+                window["oldest"],
+                recipient.lower(),
+                limit + 1,
+            )
+        return Page.of_window(
+            [notification_from_row(row) for row in rows],
+            limit=limit,
+            oldest=window["oldest"],
+            seen=window["seen"],
+            scan=scan,
+        )
+
     async def next_due_at(self) -> float | None:
         # A claim whose lease runs out is due then too: its replica may be gone.
         async with self.database.connection() as conn:

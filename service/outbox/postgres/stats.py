@@ -49,10 +49,23 @@ class PostgresStatsStore(StatsStore):
                 " ORDER BY updated_at DESC LIMIT $1",
                 errors,
             )
+            # The errors' partial index again, over its recent end.
+            failed = {
+                int(row["minute"]): int(row["count"])
+                for row in await conn.fetch(
+                    "SELECT floor(updated_at / 60) AS minute, count(*) AS count FROM notifications"
+                    f" WHERE last_error IS NOT NULL AND status <> '{Status.SENT}' AND updated_at >= $1"
+                    f" AND status = '{Status.FAILED}' GROUP BY minute",
+                    first_minute * 60.0,
+                )
+            }
         return QueueStats(
             gauges=gauges,
             sent_per_minute=[
                 (minute * 60.0, sent.get(minute, 0)) for minute in range(first_minute, current_minute + 1)
+            ],
+            failed_per_minute=[
+                (minute * 60.0, failed.get(minute, 0)) for minute in range(first_minute, current_minute + 1)
             ],
             recent_errors=[
                 ErrorEntry(

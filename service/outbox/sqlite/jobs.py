@@ -25,6 +25,17 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row is not a mapping
 
 
+def _counted(db: sqlite3.Connection, job: Job) -> Job:
+    """The job with its notifications counted by status (the (job_id, status) index)."""
+    counts = dict(
+        db.execute("SELECT status, count(*) FROM notifications WHERE job_id = ? GROUP BY status", (job.id,)).fetchall()
+    )
+    job.queued = counts.get(Status.QUEUED, 0) + counts.get(Status.SENDING, 0)
+    job.sent = counts.get(Status.SENT, 0)
+    job.failed = counts.get(Status.FAILED, 0)
+    return job
+
+
 class SqliteJobStore(JobStore):
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
@@ -58,15 +69,7 @@ class SqliteJobStore(JobStore):
             row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
-            job = _job(row)
-            counts = dict(
-                db.execute(
-                    "SELECT status, count(*) FROM notifications WHERE job_id = ? GROUP BY status", (job_id,)
-                ).fetchall()
-            )
-            job.queued = counts.get(Status.QUEUED, 0) + counts.get(Status.SENDING, 0)
-            job.sent = counts.get(Status.SENT, 0)
-            job.failed = counts.get(Status.FAILED, 0)
+            job = _counted(db, _job(row))
             job.errors = [
                 RowError(r["row"], r["email"], r["reason"])
                 for r in db.execute(
@@ -76,6 +79,14 @@ class SqliteJobStore(JobStore):
             return job
 
         return await self.database.read(get)
+
+    async def latest(self, limit: int) -> list[Job]:
+        def latest(db: sqlite3.Connection) -> list[Job]:
+            # No index on created_at: a job is an uploaded CSV, so the table stays small enough to sort.
+            rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+            return [_counted(db, _job(row)) for row in rows.fetchall()]
+
+        return await self.database.read(latest)
 
     async def running(self) -> list[Job]:
         def running(db: sqlite3.Connection) -> list[Job]:

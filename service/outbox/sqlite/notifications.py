@@ -165,6 +165,44 @@ class SqliteNotificationStore(NotificationStore):
 
         return await self.database.read(page)
 
+    async def page_for_recipient(
+        self, *, recipient: str, status: Status | None, limit: int, cursor: str | None, scan: int
+    ) -> Page:
+        params = {
+            "status": status,
+            "before": int(cursor) if cursor else None,
+            "scan": scan,
+            "needle": recipient.lower(),
+            "limit": limit + 1,
+        }
+
+        def search(db: sqlite3.Connection) -> Page:
+            # One read transaction: the window's bounds and its matches are one snapshot.
+            db.execute("BEGIN")
+            try:
+                oldest, seen = db.execute(
+                    "SELECT min(seq), count(*) FROM (SELECT seq FROM notifications"
+                    " WHERE (:status IS NULL OR status = :status) AND (:before IS NULL OR seq < :before)"
+                    " ORDER BY seq DESC LIMIT :scan)",
+                    params,
+                ).fetchone()
+                rows = db.execute(
+                    f"SELECT {COLUMNS} FROM notifications"
+                    " WHERE seq >= :oldest AND (:before IS NULL OR seq < :before)"
+                    " AND (:status IS NULL OR status = :status)"
+                    " AND instr(lower(json_extract(content, '$.to') || json_extract(content, '$.cc')"
+                    " || json_extract(content, '$.bcc')), :needle) > 0"
+                    " ORDER BY seq DESC LIMIT :limit",
+                    {**params, "oldest": oldest},
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return Page.of_window(
+                [notification_from_row(row) for row in rows], limit=limit, oldest=oldest, seen=seen, scan=scan
+            )
+
+        return await self.database.read(search)
+
     async def next_due_at(self) -> float | None:
         def next_due(db: sqlite3.Connection) -> float | None:
             row = db.execute(

@@ -49,12 +49,25 @@ class SqliteStatsStore(StatsStore):
                     " ORDER BY updated_at DESC LIMIT :limit",
                     {"limit": errors},
                 ).fetchall()
+                # The errors' partial index again, over its recent end; `+status` keeps SQLite off the
+                # (status, seq) index, which would walk every failed row there ever was.
+                failed = dict(
+                    db.execute(
+                        "SELECT CAST(updated_at / 60 AS INTEGER) AS minute, count(*) FROM notifications"
+                        f" WHERE last_error IS NOT NULL AND status <> '{Status.SENT}'"
+                        f" AND updated_at >= :since AND +status = '{Status.FAILED}' GROUP BY minute",
+                        {"since": first_minute * 60.0},
+                    ).fetchall()
+                )
             finally:
                 db.execute("COMMIT")
             return QueueStats(
                 gauges=gauges,
                 sent_per_minute=[
                     (minute * 60.0, sent.get(minute, 0)) for minute in range(first_minute, current_minute + 1)
+                ],
+                failed_per_minute=[
+                    (minute * 60.0, failed.get(minute, 0)) for minute in range(first_minute, current_minute + 1)
                 ],
                 recent_errors=[
                     ErrorEntry(
