@@ -11,7 +11,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.exceptions import HTTPException
 
-from service.domain import Status
+from service.domain import HistoryEntry, Outcome, Status
 from service.http.ui.access import CSRF_FIELD, Access, require_access
 from service.http.ui.backend import Backend
 from service.http.ui.chart import minute_chart
@@ -42,10 +42,42 @@ def _failed_attempts(count: int) -> str:
     return f"{count} attempt{'s' if count != 1 else ''} failed"
 
 
+# How each kind of history entry reads on the timeline, and its mark.
+_HISTORY_STEP = {
+    Outcome.SENT: ("Sent", "done"),
+    Outcome.RETRY: ("Attempt failed, tried again later", "warn"),
+    Outcome.FAILED: ("Failed", "failed"),
+    Outcome.INTERRUPTED: ("Interrupted by a shutdown, tried again", "warn"),
+    Outcome.RECOVERED: ("Left sending by a stopped process, queued again", "warn"),
+    Outcome.REQUEUED: ("Queued again by a retry", "warn"),
+}
+
+
+def _history_step(entry: HistoryEntry) -> Step:
+    title, kind = _HISTORY_STEP[entry.outcome]
+    code = (
+        f"{entry.smtp_code} " if entry.smtp_code and not (entry.message or "").startswith(str(entry.smtp_code)) else ""
+    )
+    return Step(title, entry.at, f"{code}{entry.message}" if entry.message else None, kind)
+
+
 def timeline(n: Notification, max_attempts: int) -> list[Step]:
-    """The notification's life as far as the outbox records it: accepted, its attempts (their count and the last
-    error; earlier errors are not kept one by one), and where it stands now."""
+    """The notification's life as the outbox records it: accepted, every attempt's outcome from its history
+    (the newest HISTORY_LIMIT), and where it stands now. Rows from before the history (migration 0005) show
+    their attempts' count and last error instead."""
     steps = [Step("Accepted", n.created_at, f"request {n.request_id}" if n.request_id else None)]
+    if n.history:
+        steps.extend(_history_step(entry) for entry in n.history)
+        if n.status == Status.QUEUED:
+            if n.attempts == 0:
+                steps.append(Step("Waiting for a worker", None, None, "current"))
+            else:
+                steps.append(
+                    Step(f"Attempt {n.attempts + 1} of {max_attempts} due", n.next_attempt_at, None, "current")
+                )
+        elif n.status == Status.SENDING:
+            steps.append(Step(f"Attempt {n.attempts} of {max_attempts}: sending now", n.updated_at, None, "current"))
+        return steps
     if n.status == Status.QUEUED:
         if n.attempts == 0 and n.last_error:
             steps.append(Step("Queued again by a retry", n.updated_at, f"the error before: {n.last_error}", "warn"))

@@ -128,9 +128,22 @@ async def test_a_notification_page_shows_its_envelope_headers_and_ids(service: S
     assert "RCPT TO ada@example.com carol@example.com dave@example.com" in text
     assert "Cc Carol <carol@example.com>" in text
     assert "Bcc" not in text
-    assert "Sent at attempt 1" in text
+    assert "Sent" in text
     assert "250 Message accepted for delivery" in text
     assert f'src="/ui/notifications/{created["id"]}/html" sandbox=""' in page.text
+
+
+async def test_a_notification_page_shows_every_attempt_from_its_history(service: Service, smtp_sink: SmtpSink) -> None:
+    smtp_sink.handler.data_replies.append("451 4.3.0 try again later")
+    created = (await service.post(**MAIL)).json()
+    await service.wait_for_status(created["id"], "sent")
+
+    text = text_of(await service.client.get(f"/ui/notifications/{created['id']}"))
+
+    retried, sent = text.index("Attempt failed, tried again later"), text.index("Sent")
+    assert retried < sent
+    assert "451 4.3.0 try again later" in text
+    assert "250 Message accepted for delivery" in text
 
 
 async def test_the_html_part_is_served_under_a_policy_that_runs_and_fetches_nothing(service: Service) -> None:
