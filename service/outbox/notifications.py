@@ -9,7 +9,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from service.domain import Refusal, Status
+from service.domain import Bounce, Refusal, Status
 from service.outbox.idempotency import IdempotencyRecord
 
 
@@ -91,7 +91,8 @@ class NotificationStore(abc.ABC):
 
     # The outcome writes take the claim's `attempt` (its attempts number): given, the write only lands while the
     # row is still `sending` under that claim, so a claimer whose claim was taken over (a lease that ran out)
-    # cannot overwrite the newer claim's outcome.
+    # cannot overwrite the newer claim's outcome. `bounces` (hard bounces) go on the suppression list in the
+    # outcome's transaction, and only if the outcome landed.
 
     @abc.abstractmethod
     async def mark_sent(
@@ -102,6 +103,7 @@ class NotificationStore(abc.ABC):
         refused: Sequence[Refusal],
         now: float,
         attempt: int | None = None,
+        bounces: Sequence[Bounce] = (),
     ) -> None: ...
 
     @abc.abstractmethod
@@ -115,6 +117,7 @@ class NotificationStore(abc.ABC):
         attempt: int | None = None,
         envelope: list[str] | None = None,
         refused: Sequence[Refusal] | None = None,
+        bounces: Sequence[Bounce] = (),
     ) -> None:
         """A transient failure: back to `queued`, due again at `next_attempt_at`. With `envelope`, only those
         recipients are tried again (the others already have the mail); `refused` replaces the recorded list."""
@@ -128,6 +131,7 @@ class NotificationStore(abc.ABC):
         refused: Sequence[Refusal],
         now: float,
         attempt: int | None = None,
+        bounces: Sequence[Bounce] = (),
     ) -> None: ...
 
     @abc.abstractmethod
