@@ -22,8 +22,14 @@ SUPPRESSED_MESSAGE = "suppressed: the address is on the suppression list (DELETE
 
 
 def envelope_address(address: str) -> str:
-    """`Name <user@example.com>` → `user@example.com`; a bare address (most are) without parsing it."""
-    return parseaddr(address)[1] if "<" in address else address
+    """`Name <user@example.com>` → `user@example.com`; a bare address (most are) as it is.
+
+    A recipient is already normalized (service/intake/request.py), so its addr-spec is what the last `<…>`
+    holds; sliced rather than parsed (parseaddr: ~12 µs a recipient, on every accept)."""
+    if not address.endswith(">"):
+        return address
+    start = address.rfind("<")
+    return address[start + 1 : -1] if start >= 0 else parseaddr(address)[1]
 
 
 class SuppressionList:
