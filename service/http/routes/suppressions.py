@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from service.events.suppressions import envelope_address
 from service.http.deps import SuppressionsDep
-from service.http.schemas import SuppressionEntry, SuppressionPage, SuppressionRequest
+from service.http.schemas import ErrorDetail, SuppressionEntry, SuppressionPage, SuppressionRequest
 from service.intake.request import normalize_address
 from service.outbox import Suppression
 
@@ -53,7 +53,12 @@ async def list_suppressions(
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=SuppressionEntry, summary="Suppress an address by hand"
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SuppressionEntry,
+    # FastAPI's own answer to a body it cannot decode as text, before any JSON parsing.
+    responses={400: {"model": ErrorDetail, "description": "The body could not be read as JSON text"}},
+    summary="Suppress an address by hand",
 )
 async def add_suppression(body: SuppressionRequest, suppressions: SuppressionsDep) -> SuppressionEntry:
     address = checked_address(body.address, ("body", "address"))
