@@ -134,6 +134,20 @@ class Settings(BaseSettings):
         24.0, gt=0, le=24 * 365, description="How long an Idempotency-Key and its first answer are remembered."
     )
 
+    # Suppressions: addresses that bounced for good are not mailed again
+    SUPPRESS_ON_HARD_BOUNCE: bool = Field(
+        True,
+        description="A recipient refused with a hard bounce (5xx with 5.1.1, 5.1.2, 5.1.10 or 5.2.1) goes on the"
+        " suppression list and is left out of later notifications; false: the bounce is only recorded there.",
+    )
+    SUPPRESSION_REFRESH_SECONDS: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often each process checks the suppression list for changes made elsewhere (a bounce in"
+        " the dispatcher's process, another replica); one row read when nothing changed.",
+    )
+
     @field_validator("API_KEYS")
     @classmethod
     def _check_api_keys(cls, value: SecretStr) -> SecretStr:

@@ -115,3 +115,22 @@ def reply_code(reply: str | None) -> int | None:
     """The code an SMTP reply starts with (`250 OK` → 250), or None."""
     head = (reply or "")[:3]
     return int(head) if head.isdigit() else None
+
+
+def mailbox_key(address: str) -> str:
+    """An addr-spec as the suppression list compares it (RFC 5321 §2.4): the domain is case-insensitive, the
+    local part is the receiving server's to interpret, so it stays exactly as written."""
+    local, at, domain = address.strip().rpartition("@")
+    return f"{local}@{domain.lower()}" if at else address.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """A recipient refused for good because the mailbox does not exist or is disabled (a hard bounce).
+
+    Written with the send's outcome; `suppress` puts the address on the suppression list (SUPPRESS_ON_HARD_BOUNCE),
+    otherwise the bounce is only recorded there."""
+
+    address: str
+    smtp_reply: str
+    suppress: bool = True

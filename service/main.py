@@ -21,12 +21,23 @@ from service.delivery.dispatcher import Dispatcher
 from service.delivery.dkim import check_dkim_or_exit
 from service.delivery.probe import SmtpProbe
 from service.delivery.process import DispatcherProcess
+from service.events.suppressions import SuppressionList
 from service.http import errors, ui
 from service.http.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.http.idempotency import Idempotency
 from service.http.limits import LIMIT_RESPONSES, BodyLimitMiddleware, outbox_unavailable_handler, queue_full_handler
 from service.http.middleware import HttpMetricsMiddleware, RequestIdMiddleware
-from service.http.routes import batch, health, jobs, metrics, notifications, stats, templates, tutorial
+from service.http.routes import (
+    batch,
+    health,
+    jobs,
+    metrics,
+    notifications,
+    stats,
+    suppressions,
+    templates,
+    tutorial,
+)
 from service.intake.accept import Intake
 from service.intake.csv_jobs import JobRunner
 from service.intake.templates import load_templates_or_exit
@@ -60,8 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idempotency = Idempotency(outbox.idempotency, settings.IDEMPOTENCY_TTL_HOURS * 3600)
         app.state.idempotency = idempotency
         sweeper = asyncio.create_task(idempotency.sweep_expired_forever(), name="idempotency-sweeper")
+        suppression_list = SuppressionList(outbox.suppressions, refresh_seconds=settings.SUPPRESSION_REFRESH_SECONDS)
+        await suppression_list.refresh()
+        app.state.suppressions = suppression_list
+        refresher = asyncio.create_task(suppression_list.refresh_forever(), name="suppressions-refresher")
         await dispatcher.start()
-        intake = Intake(outbox.notifications, dispatcher, app_metrics, settings, mail_templates)
+        intake = Intake(
+            outbox.notifications, dispatcher, app_metrics, settings, mail_templates, suppressions=suppression_list
+        )
         app.state.intake = intake
         job_runner = JobRunner(outbox.jobs, intake)
         app.state.job_runner = job_runner
@@ -90,9 +107,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            sweeper.cancel()
-            with suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, refresher):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             await job_runner.stop()
             await outbox.jobs.close()
             await dispatcher.stop()
@@ -122,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(templates.router, **guarded)
     app.include_router(jobs.router, **guarded)
     app.include_router(stats.router, **guarded)
+    app.include_router(suppressions.router, **guarded)
     app.include_router(tutorial.router, **guarded)
     app.include_router(health.router)
     app.include_router(metrics.router)

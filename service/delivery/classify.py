@@ -3,9 +3,19 @@ permanent (5xx: the server will never take this mail), as the SendFailed the dis
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import aiosmtplib
 
-from service.domain import Refusal, SendFailed
+from service.domain import Bounce, Refusal, SendFailed
+
+# The enhanced status codes (RFC 3463, the IANA registry of RFC 5248) that say the address itself is dead, so
+# asking again, today or next week, cannot help: X.1.1 bad destination mailbox, X.1.2 bad destination system
+# (no such domain), X.1.10 null MX (RFC 7505), X.2.1 mailbox disabled. Postmark's HardBounce and SES's permanent
+# "General"/"NoEmail" bounces are these; a full mailbox (X.2.2) or a policy refusal (X.7.x) is not. docs/events.md
+HARD_BOUNCE_STATUSES = frozenset({"5.1.1", "5.1.2", "5.1.10", "5.2.1"})
+_ENHANCED_STATUS = re.compile(r"\s*([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 
 
 class DeliveryFailed(Exception):
@@ -65,3 +75,21 @@ def classify(exc: BaseException) -> DeliveryFailed:
     if isinstance(exc, ValueError):
         return DeliveryFailed(f"unsendable: {exc}", transient=False)
     raise exc
+
+
+def is_hard_bounce(refusal: Refusal) -> bool:
+    """A 5xx reply whose enhanced status code (its text's first word) says the mailbox does not exist or is
+    disabled: HARD_BOUNCE_STATUSES. A reply without an enhanced code is never a hard bounce (too vague)."""
+    if not 500 <= refusal.code < 600:
+        return False
+    match = _ENHANCED_STATUS.match(refusal.message)
+    return match is not None and match[1] in HARD_BOUNCE_STATUSES
+
+
+def hard_bounces(refused: Sequence[Refusal], *, suppress: bool) -> list[Bounce]:
+    """The refusals that are hard bounces, as the outcome write records them on the suppression list."""
+    return [
+        Bounce(address=r.address, smtp_reply=describe(r.code, r.message), suppress=suppress)
+        for r in refused
+        if is_hard_bounce(r)
+    ]

@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from service.config import Settings
-from service.delivery.classify import DeliveryFailed
+from service.delivery.classify import DeliveryFailed, hard_bounces
+from service.delivery.mime import addr_spec
 from service.delivery.pacing import Pacer
 from service.delivery.smtp import SmtpConnection
-from service.domain import Outcome, Refusal, SendFailed, SendOutcome
+from service.domain import Bounce, Outcome, Refusal, SendFailed, SendOutcome
 from service.metrics import Metrics
 from service.outbox import Notification, NotificationStore, OutboxUnavailable
 
@@ -54,6 +55,13 @@ def refused_for_good(refused: Sequence[Refusal]) -> list[Refusal]:
 def refused_for_now(refused: Sequence[Refusal]) -> list[Refusal]:
     """Recipients a server refused with 4xx (greylisting, a full mailbox): worth asking again later."""
     return [r for r in refused if r.for_now]
+
+
+def reached_some(notification: Notification) -> bool:
+    """Whether an earlier attempt delivered to someone: a recipient neither left in the envelope nor refused.
+    (An envelope narrowed at accept, suppressed recipients left out, has reached nobody yet.)"""
+    left = set(notification.envelope or ()) | {r.address for r in notification.refused_recipients}
+    return any(address not in left for address in (addr_spec(a) for a in notification.recipients))
 
 
 class Dispatcher:
@@ -276,7 +284,7 @@ class Dispatcher:
                 self.metrics.observe_send(
                     time.perf_counter() - started, SendFailed("recipients refused for now", transient=True)
                 )
-                await self._retry_recipients(notification, for_now, refused)
+                await self._retry_recipients(notification, for_now, refused, self._bounces(taken.refused))
                 return
             self.metrics.observe_send(time.perf_counter() - started)
             sent_at = time.time()
@@ -288,6 +296,7 @@ class Dispatcher:
                     refused=refused,
                     now=sent_at,
                     attempt=notification.attempts,
+                    bounces=self._bounces(taken.refused),
                 ),
             )
             log.info(
@@ -298,8 +307,12 @@ class Dispatcher:
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
             )
 
+    def _bounces(self, refused: Sequence[Refusal]) -> list[Bounce]:
+        """The hard bounces among a send's refusals, for the suppression list (written with the outcome)."""
+        return hard_bounces(refused, suppress=self.settings.SUPPRESS_ON_HARD_BOUNCE) if refused else []
+
     async def _retry_recipients(
-        self, notification: Notification, for_now: list[Refusal], refused: list[Refusal]
+        self, notification: Notification, for_now: list[Refusal], refused: list[Refusal], bounces: list[Bounce]
     ) -> None:
         """The server took the mail for some recipients and refused others with a 4xx (greylisting, a full
         mailbox): only those are tried again later, so nobody who has the mail gets it twice."""
@@ -317,6 +330,7 @@ class Dispatcher:
                 envelope=[r.address for r in for_now],
                 refused=refused,
                 smtp_code=for_now[0].code,
+                bounces=bounces,
             ),
         )
         self._wake.set()
@@ -346,6 +360,7 @@ class Dispatcher:
                     envelope=for_now if for_good and for_now else None,
                     refused=[*refused_for_good(notification.refused_recipients), *for_good] if for_good else None,
                     smtp_code=failure.code,
+                    bounces=self._bounces(failure.refused),
                 ),
             )
             # The claimer may be asleep until a later due time (or the slow poll): let it see this one.
@@ -360,7 +375,7 @@ class Dispatcher:
         reason = failure.message
         if failure.transient:
             reason = f"gave up after {notification.attempts} attempts: {failure.message}"
-        if notification.envelope is not None:
+        if notification.envelope is not None and reached_some(notification):
             await self._end_partly_sent(notification, failure, reason)
             return
         await self._record(
@@ -368,10 +383,12 @@ class Dispatcher:
             lambda: self.outbox.mark_failed(
                 notification.id,
                 error=reason,
-                refused=failure.refused,
+                # Refused for good before (suppressed at accept, or a 5xx of an earlier attempt) stays listed.
+                refused=[*refused_for_good(notification.refused_recipients), *failure.refused],
                 now=now,
                 attempt=notification.attempts,
                 smtp_code=failure.code,
+                bounces=self._bounces(failure.refused),
             ),
         )
         self.metrics.count_failed(permanent=not failure.transient)
@@ -400,6 +417,7 @@ class Dispatcher:
                 refused=refused,
                 now=now,
                 attempt=notification.attempts,
+                bounces=self._bounces(failure.refused),
             ),
         )
         self.metrics.notifications_sent.inc()

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from service.config import Settings
 from service.delivery.handle import DispatcherHandle
 from service.delivery.probe import SmtpProbe
+from service.events.suppressions import SuppressionList
 from service.http.idempotency import Idempotency
 from service.intake.accept import Intake
 from service.intake.templates import Templates
@@ -62,12 +63,18 @@ async def get_intake(request: Request) -> Intake:
     return intake
 
 
+async def get_suppressions(request: Request) -> SuppressionList:
+    suppressions: SuppressionList = request.app.state.suppressions
+    return suppressions
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 NotificationStoreDep = Annotated[NotificationStore, Depends(get_notification_store)]
 StatsStoreDep = Annotated[StatsStore, Depends(get_stats_store)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 DispatcherDep = Annotated[DispatcherHandle, Depends(get_dispatcher)]
 SmtpProbeDep = Annotated[SmtpProbe, Depends(get_smtp_probe)]
+SuppressionsDep = Annotated[SuppressionList, Depends(get_suppressions)]
 
 
 async def get_metrics(request: Request) -> Metrics:

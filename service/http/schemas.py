@@ -143,3 +143,25 @@ class ErrorDetail(BaseModel):
     """The body of 401, 409, 413 and 429 answers: what went wrong and what to do."""
 
     detail: str
+
+
+class SuppressionEntry(BaseModel):
+    address: str
+    source: Literal["hard_bounce", "manual"] = Field(description="A hard bounce recorded by the dispatcher, or a POST")
+    reason: str = Field(description="`hard bounce`, or the reason given with the POST")
+    suppressing: bool = Field(
+        description="true: left out of new notifications; false: a bounce recorded while SUPPRESS_ON_HARD_BOUNCE=false"
+    )
+    smtp_reply: str | None = Field(description="The server's reply of the hard bounce")
+    notification_id: str | None = Field(description="The notification that bounced")
+    created_at: datetime
+
+
+class SuppressionPage(BaseModel):
+    items: list[SuppressionEntry]
+    next_cursor: str | None
+
+
+class SuppressionRequest(BaseModel):
+    address: str = Field(description="An e-mail address (addr-spec or `Name <addr>`)")
+    reason: str = Field("manual", min_length=1, max_length=500, description="Why, for whoever reads the list")

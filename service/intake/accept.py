@@ -16,6 +16,7 @@ from starlette.background import BackgroundTasks
 from service.config import Settings
 from service.delivery.handle import DispatcherHandle
 from service.delivery.mime import addr_spec
+from service.events.suppressions import SuppressionList
 from service.intake.request import NotificationRequest
 from service.intake.templates import TemplateRenderError, Templates
 from service.metrics import Metrics
@@ -112,16 +113,36 @@ class Intake:
         metrics: Metrics,
         settings: Settings,
         templates: Templates,
+        suppressions: SuppressionList | None = None,
     ) -> None:
         self.outbox = outbox
+        self.suppressions = suppressions
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.settings = settings
         self.templates = templates
 
     def build(self, body: NotificationRequest, request_id: str | None) -> Notification:
-        """A request (a template one rendered first) as a notification; raises RequestValidationError (422)."""
-        return build_notification(render_request(body, self.templates), self.settings, request_id)
+        """A request (a template one rendered first) as a notification, its suppressed recipients left out of the
+        envelope; raises RequestValidationError (422), also when every recipient is suppressed."""
+        notification = build_notification(render_request(body, self.templates), self.settings, request_id)
+        if self.suppressions is not None:
+            suppressed = self.suppressions.narrow(notification)
+            # Narrowed when someone is left; when nobody is, the envelope stays unset and the mail is refused.
+            if suppressed and not notification.envelope:
+                raise RequestValidationError(
+                    [
+                        _error(
+                            ("body", "to"),
+                            "suppressed",
+                            "every recipient is on the suppression list, so nothing would be sent: "
+                            + ", ".join(suppressed)
+                            + " (DELETE /v1/suppressions/{address} lifts one)",
+                            suppressed,
+                        )
+                    ]
+                )
+        return notification
 
     async def accept(
         self,

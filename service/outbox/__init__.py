@@ -1,8 +1,8 @@
 """The outbox: where an accepted notification lives, on disk, from the 202 until it is sent or failed.
 
-One interface per store (notifications.py, idempotency.py, stats.py, jobs.py) and the database under them
-(database.py), each implemented in sqlite/ and postgres/; SQL lives there and nowhere else. A caller takes
-only the store it needs from the `Outbox` that `open_outbox` builds.
+One interface per store (notifications.py, idempotency.py, stats.py, jobs.py, suppressions.py) and the
+database under them (database.py), each implemented in sqlite/ and postgres/; SQL lives there and nowhere else.
+A caller takes only the store it needs from the `Outbox` that `open_outbox` builds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from service.outbox.idempotency import IdempotencyRecord, IdempotencyStore
 from service.outbox.jobs import JobStore
 from service.outbox.notifications import Notification, NotificationStore, Page
 from service.outbox.stats import StatsStore
+from service.outbox.suppressions import Suppression, SuppressionPage, SuppressionStore
 
 __all__ = [
     "Database",
@@ -30,6 +31,9 @@ __all__ = [
     "Page",
     "QueueFull",
     "StatsStore",
+    "Suppression",
+    "SuppressionPage",
+    "SuppressionStore",
     "describe_outbox",
     "open_outbox",
     "read_migrations",
@@ -45,6 +49,7 @@ class Outbox:
     idempotency: IdempotencyStore
     stats: StatsStore
     jobs: JobStore
+    suppressions: SuppressionStore
 
     async def open(self) -> None:
         await self.database.open()

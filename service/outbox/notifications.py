@@ -9,7 +9,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from service.domain import HistoryEntry, Outcome, Refusal, Status
+from service.domain import Bounce, HistoryEntry, Outcome, Refusal, Status
 from service.outbox.idempotency import IdempotencyRecord
 
 
@@ -117,7 +117,8 @@ class NotificationStore(abc.ABC):
     # The outcome writes take the claim's `attempt` (its attempts number): given, the write only lands while the
     # row is still `sending` under that claim, so a claimer whose claim was taken over (a lease that ran out)
     # cannot overwrite the newer claim's outcome. Each appends its HistoryEntry to `history` in the same UPDATE
-    # (the newest HISTORY_LIMIT kept); `smtp_code` is the server's reply code when it gave one.
+    # (the newest HISTORY_LIMIT kept); `smtp_code` is the server's reply code when it gave one. `bounces` (hard
+    # bounces) go on the suppression list in the outcome's transaction, and only if the outcome landed.
 
     async def hold(self, notification_ids: Sequence[str], now: float) -> None:
         """Keep these claims while their outcomes wait to be written (a full disk): nobody else may claim them
@@ -133,6 +134,7 @@ class NotificationStore(abc.ABC):
         refused: Sequence[Refusal],
         now: float,
         attempt: int | None = None,
+        bounces: Sequence[Bounce] = (),
     ) -> None: ...
 
     @abc.abstractmethod
@@ -148,6 +150,7 @@ class NotificationStore(abc.ABC):
         refused: Sequence[Refusal] | None = None,
         smtp_code: int | None = None,
         outcome: Outcome = Outcome.RETRY,
+        bounces: Sequence[Bounce] = (),
     ) -> None:
         """A transient failure: back to `queued`, due again at `next_attempt_at`. With `envelope`, only those
         recipients are tried again (the others already have the mail); `refused` replaces the recorded list.
@@ -163,6 +166,7 @@ class NotificationStore(abc.ABC):
         now: float,
         attempt: int | None = None,
         smtp_code: int | None = None,
+        bounces: Sequence[Bounce] = (),
     ) -> None: ...
 
     @abc.abstractmethod

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from service.outbox import read_migrations
 from tests.e2e.processes import children_of, outside_the_checkout
 from tests.postgres import latest_migration
 from tests.smtp_sink import SmtpSink, free_port
@@ -210,7 +211,9 @@ async def test_two_replicas_starting_together_on_an_empty_database_migrate_once(
         applied = [row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")]
     finally:
         await conn.close()
-    assert sorted(applied) == list(range(1, latest + 1))
-    assert sorted(e["version"] for e in migrated) == list(range(1, latest + 1))
+    # The migrations' own numbers (one may be missing while a branch that adds it is unmerged).
+    numbers = [number for number, _, _ in read_migrations("postgres")]
+    assert sorted(applied) == numbers
+    assert sorted(e["version"] for e in migrated) == numbers
     assert [r["schema_version"] for r in readiness] == [latest, latest]
     assert all(r["checks"]["outbox"] == "pass" for r in readiness)

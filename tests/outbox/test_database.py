@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.outbox import Outbox, OutboxUnavailable
+from service.outbox import Outbox, OutboxUnavailable, read_migrations
 from service.outbox.postgres import postgres_outbox
 from service.outbox.sqlite.database import split_statements
 from tests.outbox.backends import LEASE_SECONDS, Backend
@@ -54,7 +54,8 @@ async def test_replicas_opening_together_apply_each_migration_once(postgres_url:
     finally:
         await conn.close()
     assert versions == [latest_migration("postgres")] * 4
-    assert [row["version"] for row in applied] == list(range(1, latest_migration("postgres") + 1))
+    # The migrations' own numbers (one may be missing while a branch that adds it is unmerged).
+    assert [row["version"] for row in applied] == [number for number, _, _ in read_migrations("postgres")]
 
 
 async def test_an_unreachable_database_is_reported_at_open() -> None:

@@ -8,6 +8,7 @@ from service.outbox.postgres.idempotency import PostgresIdempotencyStore
 from service.outbox.postgres.jobs import PostgresJobStore
 from service.outbox.postgres.notifications import PostgresNotificationStore
 from service.outbox.postgres.stats import PostgresStatsStore
+from service.outbox.postgres.suppressions import PostgresSuppressionStore
 
 
 def postgres_outbox(url: str, *, lease_seconds: float, pool_size: int = 10, queue_limit: int | None = None) -> Outbox:
@@ -18,5 +19,6 @@ def postgres_outbox(url: str, *, lease_seconds: float, pool_size: int = 10, queu
         notifications=PostgresNotificationStore(database, lease_seconds=lease_seconds, queue_limit=queue_limit),
         idempotency=PostgresIdempotencyStore(database),
         stats=PostgresStatsStore(database),
+        suppressions=PostgresSuppressionStore(database),
         jobs=PostgresJobStore(database),
     )

@@ -5,6 +5,7 @@ the lease runs out, and another replica claims them again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -12,12 +13,13 @@ from typing import Any
 
 import asyncpg
 
-from service.domain import HISTORY_LIMIT, Outcome, Refusal, Status, reply_code
+from service.domain import HISTORY_LIMIT, Bounce, Outcome, Refusal, Status, reply_code
 from service.outbox.errors import IdempotencyKeyTaken, QueueFull
 from service.outbox.idempotency import IdempotencyRecord
 from service.outbox.notifications import Notification, NotificationStore, Page
 from service.outbox.postgres.database import CHANNEL, PostgresDatabase
 from service.outbox.postgres.idempotency import insert_record
+from service.outbox.postgres.suppressions import record_bounces
 from service.outbox.rows import content_json, history_entry_json, notification_from_row, refused_json
 
 COLUMNS = (
@@ -53,9 +55,21 @@ async def insert_notifications(
     replica's dispatcher when it commits."""
     await conn.executemany(
         "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
-        " created_at, updated_at, next_attempt_at, job_id)"
-        f" VALUES ($1, '{Status.QUEUED}', $2, $3, $4, 0, $5, $5, $5, $6)",
-        [(n.id, content_json(n), n.message_id, n.request_id, n.created_at, job_id) for n in notifications],
+        " created_at, updated_at, next_attempt_at, job_id, refused)"
+        f" VALUES ($1, '{Status.QUEUED}', $2, $3, $4, 0, $5, $5, $5, $6, $7)",
+        [
+            (
+                n.id,
+                content_json(n),
+                n.message_id,
+                n.request_id,
+                n.created_at,
+                job_id,
+                # Recipients left out at accept (suppressed): on record from the start.
+                refused_json(n.refused_recipients) if n.refused_recipients else None,
+            )
+            for n in notifications
+        ],
     )
     # Delivered to every listener when (and only if) the transaction commits.
     await conn.execute(f"NOTIFY {CHANNEL}")
@@ -215,11 +229,24 @@ class PostgresNotificationStore(NotificationStore):
                 self.database.replica,
             )
 
-    async def _finish(self, assignments: str, notification_id: str, attempt: int | None, *args: Any) -> None:
+    async def _finish(
+        self,
+        assignments: str,
+        notification_id: str,
+        attempt: int | None,
+        *args: Any,
+        bounces: Sequence[Bounce] = (),
+        now: float = 0.0,
+    ) -> None:
         # With `attempt`, the outcome only lands while the row is still that claim's: a replica whose lease ran
         # out and whose row another replica claimed again (attempts + 1) cannot overwrite the newer claim.
-        async with self.database.connection() as conn:
-            await conn.execute(
+        # A transaction only when a bounce is written with the outcome: BEGIN and COMMIT would be two more round
+        # trips on every send.
+        async with (
+            self.database.connection() as conn,
+            conn.transaction() if bounces else contextlib.nullcontext(),
+        ):
+            result = await conn.execute(
                 f"UPDATE notifications SET {assignments}, lease_until = NULL"
                 " WHERE id = $1 AND ($2::integer IS NULL"
                 f"   OR (status = '{Status.SENDING}' AND attempts = $2 AND claimed_by = $" + str(len(args) + 3) + "))",
@@ -229,6 +256,8 @@ class PostgresNotificationStore(NotificationStore):
                 # attempts alone is not unique: a failed notification requeued by an operator starts again at 1.
                 self.database.replica,
             )
+            if bounces and result.split()[-1] != "0":
+                await record_bounces(conn, bounces, notification_id, now)
 
     async def mark_sent(
         self,
@@ -238,6 +267,7 @@ class PostgresNotificationStore(NotificationStore):
         refused: Sequence[Refusal],
         now: float,
         attempt: int | None = None,
+        bounces: Sequence[Bounce] = (),
     ) -> None:
         await self._finish(
             f"status = '{Status.SENT}', smtp_reply = $3, refused = $4, sent_at = $5, updated_at = $5,"
@@ -248,6 +278,8 @@ class PostgresNotificationStore(NotificationStore):
             refused_json(refused) if refused else None,
             now,
             history_entry_json(Outcome.SENT, now, reply_code(smtp_reply), smtp_reply),
+            bounces=bounces,
+            now=now,
         )
 
     async def mark_retry(
@@ -262,6 +294,7 @@ class PostgresNotificationStore(NotificationStore):
         refused: Sequence[Refusal] | None = None,
         smtp_code: int | None = None,
         outcome: Outcome = Outcome.RETRY,
+        bounces: Sequence[Bounce] = (),
     ) -> None:
         await self._finish(
             f"status = '{Status.QUEUED}', last_error = $3, next_attempt_at = $4, updated_at = $5, claimed_by = NULL,"
@@ -275,6 +308,8 @@ class PostgresNotificationStore(NotificationStore):
             json.dumps(envelope) if envelope else None,
             refused_json(refused) if refused is not None else None,
             history_entry_json(outcome, now, smtp_code, error),
+            bounces=bounces,
+            now=now,
         )
 
     async def mark_failed(
@@ -286,6 +321,7 @@ class PostgresNotificationStore(NotificationStore):
         now: float,
         attempt: int | None = None,
         smtp_code: int | None = None,
+        bounces: Sequence[Bounce] = (),
     ) -> None:
         await self._finish(
             f"status = '{Status.FAILED}', last_error = $3, refused = $4, updated_at = $5, {append_history(6)}",
@@ -295,6 +331,8 @@ class PostgresNotificationStore(NotificationStore):
             refused_json(refused) if refused else None,
             now,
             history_entry_json(Outcome.FAILED, now, smtp_code, error),
+            bounces=bounces,
+            now=now,
         )
 
     async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:

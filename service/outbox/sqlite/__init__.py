@@ -10,6 +10,7 @@ from service.outbox.sqlite.idempotency import SqliteIdempotencyStore
 from service.outbox.sqlite.jobs import SqliteJobStore
 from service.outbox.sqlite.notifications import SqliteNotificationStore
 from service.outbox.sqlite.stats import SqliteStatsStore
+from service.outbox.sqlite.suppressions import SqliteSuppressionStore
 
 
 def sqlite_outbox(
@@ -22,5 +23,6 @@ def sqlite_outbox(
         notifications=SqliteNotificationStore(database, queue_limit=queue_limit),
         idempotency=SqliteIdempotencyStore(database),
         stats=SqliteStatsStore(database),
+        suppressions=SqliteSuppressionStore(database),
         jobs=SqliteJobStore(database),
     )

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.domain import HISTORY_LIMIT, Outcome, Refusal, Status, reply_code
+from service.domain import HISTORY_LIMIT, Bounce, Outcome, Refusal, Status, reply_code
 from service.outbox.errors import IdempotencyKeyTaken, OutboxUnavailable, QueueFull
 from service.outbox.idempotency import IdempotencyRecord
 from service.outbox.notifications import Notification, NotificationStore, Page
 from service.outbox.rows import content_json, history_entry_json, notification_from_row, refused_json
 from service.outbox.sqlite.database import SqliteDatabase
 from service.outbox.sqlite.idempotency import insert_record
+from service.outbox.sqlite.suppressions import record_bounces
 
 # What one add() asks for: its notifications, maybe an idempotency record.
 _Insert = tuple[Sequence[Notification], IdempotencyRecord | None]
@@ -28,21 +29,28 @@ _Insert = tuple[Sequence[Notification], IdempotencyRecord | None]
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    """What a send's outcome (mark_sent, mark_retry, mark_failed) asks for: one guarded UPDATE."""
+    """What a send's outcome (mark_sent, mark_retry, mark_failed) asks for: one guarded UPDATE, and the hard
+    bounces it found, written only if the UPDATE landed."""
 
     sql: str
     params: dict[str, Any]
+    bounces: Sequence[Bounce] = ()
+
+    def write(self, db: sqlite3.Connection) -> None:
+        landed = db.execute(self.sql, self.params).rowcount
+        if landed and self.bounces:
+            record_bounces(db, self.bounces, self.params["id"], self.params["now"])
 
 
 # Every write that waits for the next group commit.
 _Write = _Insert | _Outcome
 
-# Many rows in one INSERT (see insert_notifications): 8 parameters a row, well under SQLite's limit of 32,766.
+# Many rows in one INSERT (see insert_notifications): 9 parameters a row, well under SQLite's limit of 32,766.
 _INSERT = (
     "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
-    " created_at, updated_at, next_attempt_at, job_id) VALUES "
+    " created_at, updated_at, next_attempt_at, job_id, refused) VALUES "
 )
-_INSERT_ROW = f"(?, '{Status.QUEUED}', ?, ?, ?, 0, ?, ?, ?, ?)"
+_INSERT_ROW = f"(?, '{Status.QUEUED}', ?, ?, ?, 0, ?, ?, ?, ?, ?)"
 _ROWS_PER_INSERT = 500
 
 COLUMNS = (
@@ -81,6 +89,8 @@ def insert_notifications(
                 n.created_at,
                 n.created_at,
                 job_id,
+                # Recipients left out at accept (suppressed): on record from the start.
+                refused_json(n.refused_recipients) if n.refused_recipients else None,
             )
         db.execute(_INSERT + ", ".join([_INSERT_ROW] * len(chunk)), params)
 
@@ -119,7 +129,7 @@ class SqliteNotificationStore(NotificationStore):
         refusals: list[Exception | None] = [None] * len(writes)
         for write in writes:
             if isinstance(write, _Outcome):
-                db.execute(write.sql, write.params)
+                write.write(db)
         unsent = count_unsent(db) if self.queue_limit is not None else 0
         accepted: list[Notification] = []
         for number, write in enumerate(writes):
@@ -252,13 +262,14 @@ class SqliteNotificationStore(NotificationStore):
 
         await self.database.write(release)
 
-    async def _update(self, sql: str, params: dict[str, Any]) -> None:
+    async def _update(self, sql: str, params: dict[str, Any], bounces: Sequence[Bounce] = ()) -> None:
         """An outcome, group-committed with whatever else is waiting: the eight workers of a busy dispatcher
         finish close together, and one transaction for their outcomes costs a fraction of eight."""
+        outcome = _Outcome(sql, params, bounces)
         if not self._group_commit.running:
-            await self.database.write(lambda db: db.execute(sql, params))
+            await self.database.write(outcome.write)
             return
-        await self._group_commit.write(_Outcome(sql, params))
+        await self._group_commit.write(outcome)
 
     async def mark_sent(
         self,
@@ -268,6 +279,7 @@ class SqliteNotificationStore(NotificationStore):
         refused: Sequence[Refusal],
         now: float,
         attempt: int | None = None,
+        bounces: Sequence[Bounce] = (),
     ) -> None:
         await self._update(
             f"UPDATE notifications SET status = '{Status.SENT}', smtp_reply = :reply, refused = :refused,"
@@ -280,6 +292,7 @@ class SqliteNotificationStore(NotificationStore):
                 "now": now,
                 "entry": history_entry_json(Outcome.SENT, now, reply_code(smtp_reply), smtp_reply),
             },
+            bounces,
         )
 
     async def mark_retry(
@@ -294,6 +307,7 @@ class SqliteNotificationStore(NotificationStore):
         refused: Sequence[Refusal] | None = None,
         smtp_code: int | None = None,
         outcome: Outcome = Outcome.RETRY,
+        bounces: Sequence[Bounce] = (),
     ) -> None:
         await self._update(
             f"UPDATE notifications SET status = '{Status.QUEUED}', last_error = :error,"
@@ -312,6 +326,7 @@ class SqliteNotificationStore(NotificationStore):
                 "refused": refused_json(refused) if refused is not None else None,
                 "entry": history_entry_json(outcome, now, smtp_code, error),
             },
+            bounces,
         )
 
     async def mark_failed(
@@ -323,6 +338,7 @@ class SqliteNotificationStore(NotificationStore):
         now: float,
         attempt: int | None = None,
         smtp_code: int | None = None,
+        bounces: Sequence[Bounce] = (),
     ) -> None:
         await self._update(
             f"UPDATE notifications SET status = '{Status.FAILED}', last_error = :error, refused = :refused,"
@@ -335,6 +351,7 @@ class SqliteNotificationStore(NotificationStore):
                 "now": now,
                 "entry": history_entry_json(Outcome.FAILED, now, smtp_code, error),
             },
+            bounces,
         )
 
     async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
