@@ -169,3 +169,37 @@ async def test_an_outcome_still_unwritable_at_shutdown_is_tried_once_more_and_lo
         again = await service.wait_for_status(notification_id, "sent")
         assert [entry["outcome"] for entry in again["history"]] == ["recovered", "sent"]
     assert len(smtp_sink.received) == 2
+
+
+async def test_a_hard_bounce_kept_with_its_unwritten_outcome_is_written_with_it_once_there_is_room(
+    disk: SmallDisk, smtp_sink: SmtpSink
+) -> None:
+    # The kept write is the whole outcome: its history entry and its bounce land together, later.
+    gone = "gone@example.com"
+    smtp_sink.handler.refuse[gone] = "550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown"
+    settings = on_disk(disk, smtp_sink)
+    hold = threading.Event()
+    smtp_sink.handler.hold = hold
+    try:
+        async with running(settings) as service:
+            with captured_events() as events:
+                accepted = await service.post(**{**MAIL, "to": ["ada@example.com", gone]})
+                notification_id = accepted.json()["id"]
+                while smtp_sink.handler.held == 0:
+                    await asyncio.sleep(0.01)
+                disk.fill(settings.OUTBOX_PATH)
+                hold.set()
+                await smtp_sink.wait_for(1)
+                await wait_for_event(events, "outbox_write_failed", kept=True)
+                assert (await service.client.get("/v1/suppressions")).json()["items"] == []
+
+                disk.free()
+                sent = await service.wait_for_status(notification_id, "sent", timeout=15)
+                assert [entry["outcome"] for entry in sent["history"]] == ["sent"]
+                assert [r["address"] for r in sent["refused_recipients"]] == [gone]
+                listed = (await service.client.get("/v1/suppressions")).json()["items"]
+                assert [(s["address"], s["source"], s["suppressing"], s["notification_id"]) for s in listed] == [
+                    (gone, "hard_bounce", True, notification_id)
+                ]
+    finally:
+        hold.set()

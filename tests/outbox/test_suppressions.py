@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from service.domain import Bounce, Refusal
+from service.domain import Bounce, Outcome, Refusal
 from service.outbox import Outbox
 from tests.outbox.backends import notification
 
@@ -116,3 +116,31 @@ async def test_a_notification_stored_with_refused_recipients_keeps_them(outbox: 
     read = await outbox.notifications.get(stored.id)
     assert read is not None
     assert (read.envelope, read.refused_recipients) == (["ada@example.com"], stored.refused_recipients)
+
+
+async def test_every_outcome_write_appends_its_history_entry_and_records_its_bounce(outbox: Outbox) -> None:
+    # The merge of the attempt history and the suppression list: one write carries both, for each outcome.
+    bounce = [Bounce("gone@example.com", REPLY)]
+    refusal = Refusal("gone@example.com", 550, "5.1.1 <gone@example.com>: Recipient address rejected")
+    now = time.time()
+    writes = {
+        Outcome.SENT: lambda id_, attempt: outbox.notifications.mark_sent(
+            id_, smtp_reply="250 OK", refused=[refusal], now=now, attempt=attempt, bounces=bounce
+        ),
+        Outcome.FAILED: lambda id_, attempt: outbox.notifications.mark_failed(
+            id_, error="refused", refused=[refusal], now=now, attempt=attempt, smtp_code=550, bounces=bounce
+        ),
+        # Last: the requeued row is due again, and the next claim would take it.
+        Outcome.RETRY: lambda id_, attempt: outbox.notifications.mark_retry(
+            id_, error="451 later", next_attempt_at=now, now=now, attempt=attempt, smtp_code=451, bounces=bounce
+        ),
+    }
+    for outcome, write in writes.items():
+        notification_id, attempt = await _claimed(outbox, ["ada@example.com", "gone@example.com"])
+        await write(notification_id, attempt)
+        stored = await outbox.notifications.get(notification_id)
+        assert stored is not None
+        assert [entry.outcome for entry in stored.history] == [outcome]
+        entry = await outbox.suppressions.get("gone@example.com")
+        assert entry is not None
+        assert entry.notification_id == notification_id, outcome
