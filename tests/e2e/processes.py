@@ -124,7 +124,12 @@ async def start_service(env: dict[str, str], log_path: Path, *, timeout: float =
     port = free_port()
     log_file = log_path.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        # A long keep-alive: a test's client that waits (a page refreshing, a retry coming due) may reuse a pooled
+        # connection just as uvicorn's 5 s idle timeout closes it, a ReadError that says nothing about the service.
+        [
+            *(sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1"),
+            *("--port", str(port), "--timeout-keep-alive", "120"),
+        ],
         cwd=log_path.parent,
         env=outside_the_checkout(env),
         stdout=log_file,
