@@ -38,6 +38,7 @@ from service.http.routes import (
     templates,
     tutorial,
 )
+from service.http.ui.throttle import LoginThrottle
 from service.intake.accept import Intake
 from service.intake.csv_jobs import JobRunner
 from service.intake.templates import load_templates_or_exit
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = app_metrics
+    app.state.login_throttle = LoginThrottle()
     # Everything but health and metrics needs an API key when API_KEYS is set.
     guarded: dict[str, Any] = {
         "dependencies": [Depends(require_api_key)],

@@ -22,6 +22,7 @@ from service.http.ui.access import (
     set_cookie,
 )
 from service.http.ui.pages import PREFIX, STATIC, PageRoute, render, safe_next
+from service.http.ui.throttle import LoginThrottle
 
 log = structlog.get_logger("service.http.ui")
 
@@ -55,8 +56,23 @@ async def login(request: Request) -> Response:
     keys = settings.api_keys()
     if not keys:
         return RedirectResponse(target, status_code=303)
+    throttle: LoginThrottle = request.app.state.login_throttle
+    client = request.client.host if request.client else "unknown"
+    if throttle.refused(client):
+        log.warning("ui_login_throttled", client=client)
+        wait = throttle.retry_after()
+        problem = f"Too many wrong keys from this address: wait {wait} s before the next try."
+        response = render(
+            request,
+            "login.html",
+            {"next": target, "problem": problem, "session_hours": SESSION_SECONDS // 3600},
+            status_code=429,
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     key = matching_key(str(form.get("key") or "").strip(), keys)
     if key is None:
+        await throttle.failed(client)
         log.warning("ui_login_refused")
         problem = "That key is not one of the keys in API_KEYS."
         return render(

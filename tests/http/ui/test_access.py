@@ -3,12 +3,15 @@ never holds the key, a log-out, and a CSRF token on every form that changes some
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.config import Settings
+from service.http.ui import throttle
 from service.http.ui.access import SESSION_COOKIE, SESSION_SECONDS, issue_session, session_key
 from tests.conftest import MAIL, Service, captured_events, make_settings, running
 from tests.http.ui.forms import csrf, csrf_of, text_of
@@ -212,3 +215,37 @@ async def test_a_logged_in_token_does_not_outlive_its_session(guarded: Settings)
         response = await service.client.post("/ui/send", data={**MAIL, "to": "ada@example.com", "csrf": token})
 
     assert response.status_code == 403
+
+
+async def test_too_many_wrong_keys_from_one_address_are_refused_for_a_while(
+    guarded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(throttle, "LOGIN_FAILURES", 3)
+    monkeypatch.setattr(throttle, "LOGIN_PERIOD_SECONDS", 0.6)
+    async with running(guarded) as service:
+        login = await service.client.get("/ui/login")
+        form = {"csrf": csrf_of(login), "next": "/ui/"}
+        wrong = [(await service.client.post("/ui/login", data={**form, "key": WRONG})).status_code for _ in range(3)]
+        with captured_events() as events:
+            braked = await service.client.post("/ui/login", data={**form, "key": KEY})
+        # Another address is not held back by this one's mistakes.
+        elsewhere = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=service.app, client=("10.0.0.2", 4321)), base_url="http://service"
+        )
+        async with elsewhere:
+            other_login = await elsewhere.get("/ui/login")
+            other = await elsewhere.post("/ui/login", data={"csrf": csrf_of(other_login), "next": "/ui/", "key": KEY})
+        # The bucket drains: the right key gets in again, without a restart.
+        deadline = time.monotonic() + 20
+        while (late := await service.client.post("/ui/login", data={**form, "key": KEY})).status_code == 429:
+            assert time.monotonic() < deadline, "the login stayed throttled"
+            await asyncio.sleep(0.05)
+
+    assert wrong == [401, 401, 401]
+    assert braked.status_code == 429
+    assert int(braked.headers["retry-after"]) >= 1
+    assert "Too many wrong keys" in text_of(braked)
+    assert SESSION_COOKIE not in braked.headers.get("set-cookie", "")
+    assert [e["event"] for e in events if e["event"].startswith("ui_")] == ["ui_login_throttled"]
+    assert other.status_code == 303
+    assert late.status_code == 303
