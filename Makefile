@@ -56,7 +56,7 @@ logs: ## follow the stack's logs
 smoke: install ## post a notification to the running stack and find it in MailHog (NOTIFIER_URL, MAILHOG_URL)
 	$(RUN) pytest -m compose -s tests/compose
 
-.PHONY: bench bench-burst bench-replicas bench-paced
+.PHONY: bench bench-burst bench-replicas bench-paced bench-drain
 bench: uv ## the service beside a bare endpoint, the floor (bare + outbox commit), the tutorial's way, aiosmtplib alone; 3 rounds (wrk if installed)
 	$(UV) sync --locked --group bench --python $(PYTHON)
 	$(RUN) python -m benchmarks.bench --chart docs/bench.png
@@ -71,6 +71,10 @@ bench-replicas: uv ## SQLite (1 process) vs PostgreSQL (1 and REPLICAS=3 replica
 	$(RUN) python -m benchmarks.bench --replicas $(REPLICAS)
 
 RATE ?= 50
+bench-drain: uv ## N=50000 due mails in a stopped outbox, then the service with no HTTP load: drain rate beside aiosmtplib's (SQLite, PostgreSQL)
+	$(UV) sync --locked --group bench --python $(PYTHON)
+	$(RUN) python -m benchmarks.bench --drain $(or $(N),50000) --drain-postgres
+
 bench-paced: uv ## SEND_RATE_LIMIT=RATE (50): 20 s worth of mail at once, the rate it is delivered at; DKIM's cost per mail
 	$(UV) sync --locked --group bench --python $(PYTHON)
 	$(RUN) python -m benchmarks.bench --paced $(RATE)

@@ -68,6 +68,8 @@ DELIVERED_VS_ALONE = 0.85
 P99_VS_BARE = 2.0
 ACCEPTED_VS_TUTORIAL = 3.0
 BURST_RSS_MB = 200.0
+# Issue 18: the dispatcher alone empties a backlog at >= this share of what aiosmtplib alone sends, mails built before.
+DRAIN_TARGET = 0.7
 # Waiting for the sink: give up when it has taken nothing new for this long.
 STALL_SECONDS = 30.0
 
@@ -790,6 +792,68 @@ def paced(args: argparse.Namespace) -> Result:
     return result
 
 
+def bench_drain(sink: Sink, workdir: Path, args: argparse.Namespace, *, postgres_url: str | None = None) -> Result:
+    """`args.drain` due notifications put in the outbox while the service is stopped, then the service started
+    with no HTTP load: the rate at which the dispatcher alone empties it, first to last mail at the sink."""
+    sink.reset()
+    label = "drain-postgres" if postgres_url else "drain-sqlite"
+    outbox = workdir / f"drain-{uuid.uuid4().hex[:8]}.sqlite3"
+    env = service_env(sink, outbox, args)
+    if postgres_url:
+        env["OUTBOX_URL"] = postgres_url
+    env["QUEUE_LIMIT"] = str(args.drain + 1)
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.fill_outbox", str(args.drain)],
+        cwd=workdir,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
+    with uvicorn("service.main:app", env, workdir / f"{label}.log") as (_, process):
+        http_cpu, all_cpu = cpu_seconds(process.pid, children=False), cpu_seconds(process.pid)
+        state = sink.wait_for(args.drain)
+        if process.poll() is not None:
+            raise RuntimeError(f"the service exited during the drain (status {process.returncode})")
+        dispatcher_cpu = (cpu_seconds(process.pid) - all_cpu) - (cpu_seconds(process.pid, children=False) - http_cpu)
+        result = Result(system=label, peak_rss_mb=read_status(process.pid, "VmHWM"))
+    result.delivered, result.delivered_per_s = state["count"], delivered_rate(state)
+    result.lost = max(0, args.drain - state["count"])
+    # The dispatcher's own process (DISPATCHER_PROCESS, the default): its CPU per mail beside aiosmtplib's.
+    result.cpu_ms_per_mail = per_mail(dispatcher_cpu, state["count"])
+    return result
+
+
+def drain(args: argparse.Namespace) -> dict[str, Result]:
+    """The drain rate on SQLite (and PostgreSQL with --drain-postgres) beside aiosmtplib alone, mails built
+    before, with the same connections (SEND_CONCURRENCY=8) and the same sink."""
+    info = machine()
+    results: dict[str, Result] = {}
+    sink = Sink()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+            args.alone_count = args.drain
+            results["wire"] = bench_alone(sink, Path(workdir), args, prebuilt=True)
+            results["drain-sqlite"] = bench_drain(sink, Path(workdir), args)
+            if args.drain_postgres:
+                with temporary_database(args.postgres_url) as url:
+                    results["drain-postgres"] = bench_drain(sink, Path(workdir), args, postgres_url=url)
+    finally:
+        sink.stop()
+    wire = results["wire"]
+    print(f"{info['cpus']} CPUs ({info['cpu']}), load average before: {info['load_average'][0]:.2f}")
+    print(f"drain: {args.drain:,} due notifications, 8 connections, no HTTP load")
+    print("| system | delivered mails/s | ÷ aiosmtplib, mails built before | CPU ms/mail | lost |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        share = _ratio(r.delivered_per_s, wire.delivered_per_s)
+        print(
+            f"| {name} | {_fmt(r.delivered_per_s)} | {_fmt(share, 2)} (target ≥ {DRAIN_TARGET:g}) |"
+            f" {_fmt(r.cpu_ms_per_mail, 3)} | {_fmt(r.lost)} |"
+        )
+    report = {"kind": "drain", "machine": info, "results": {name: asdict(r) for name, r in results.items()}}
+    print(f"\nresults: {save(report, args.out, 'drain')}")
+    return results
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per HTTP system")
@@ -805,6 +869,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--paced", type=float, default=None, metavar="RATE", help="pacing mode: SEND_RATE_LIMIT=RATE, achieved rate"
     )
+    parser.add_argument("--drain", type=int, nargs="?", const=50_000, default=None, help="drain mode: N due mails")
+    parser.add_argument("--drain-postgres", action="store_true", help="drain mode: PostgreSQL too (--postgres-url)")
     parser.add_argument("--paced-count", type=int, default=None, help="notifications in pacing mode (20 s worth)")
     parser.add_argument(
         "--service-env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the service"
@@ -840,6 +906,8 @@ def main(argv: list[str] | None = None) -> None:
         burst(args)
     elif args.paced is not None:
         paced(args)
+    elif args.drain is not None:
+        drain(args)
     elif args.replicas is not None:
         scaling(args)
     else:
