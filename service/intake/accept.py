@@ -104,6 +104,7 @@ def build_notification(request: NotificationRequest, settings: Settings, request
         message_id=f"<{notification_id}@{domain}>",
         request_id=request_id,
         created_at=now,
+        next_attempt_at=now if send_at is None else send_at,
         status=Status.QUEUED if send_at is None else Status.SCHEDULED,
         send_at=send_at,
     )

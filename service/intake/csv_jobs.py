@@ -189,7 +189,8 @@ class JobReader:
         if self.job.send_at is not None and self.job.send_at > notification.created_at:
             # The job's send_at, checked at its upload: every row due at the same moment, also rows read after a
             # restart (a send_at passed by then sends at once).
-            notification.status, notification.send_at = Status.SCHEDULED, self.job.send_at
+            notification.status = Status.SCHEDULED
+            notification.send_at = notification.next_attempt_at = self.job.send_at
         return notification
 
 

@@ -86,7 +86,7 @@ async def create_notification(
             return claim.replay
         notification = accepting.intake.build(body, request.state.request_id)
         # The answer is fixed before the commit: it is stored with the notification for replays.
-        notification.updated_at = notification.next_attempt_at = notification.created_at
+        notification.updated_at = notification.created_at
         answer = to_status(notification).model_dump_json().encode()
         headers = {"Location": f"/v1/notifications/{notification.id}"}
         try:
