@@ -68,6 +68,20 @@ async def test_a_send_at_without_an_offset_or_not_a_time_is_a_422(service: Servi
     assert (await service.client.get("/v1/notifications")).json()["items"] == []
 
 
+async def test_a_template_request_keeps_its_send_at(service: Service) -> None:
+    send_at = in_seconds(3600)
+    response = await service.post(
+        to=["ada@example.com"],
+        template="welcome",
+        data={"first_name": "Ada", "email": "ada@example.com", "login_url": "https://example.com/login"},
+        send_at=send_at,
+    )
+
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "scheduled"
+    assert abs((parsed(response.json()["send_at"]) - parsed(send_at)).total_seconds()) < 0.001
+
+
 async def test_a_send_at_past_max_schedule_days_is_a_422(tmp_path: Path, smtp_sink: SmtpSink) -> None:
     settings = make_settings(tmp_path, smtp_sink.port, MAX_SCHEDULE_DAYS=2)
     async with running(settings) as service:
