@@ -112,6 +112,9 @@ class Settings(BaseSettings):
 
     # Request limits
     MAX_RECIPIENTS: int = Field(50, ge=1, le=1000, description="Most addresses in to+cc+bcc together.")
+    MAX_SCHEDULE_DAYS: float = Field(
+        30, gt=0, le=3650, description="How far ahead a send_at may be; a later one is refused with 422."
+    )
 
     # Logging
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
@@ -128,7 +131,10 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Largest request body; checked while it streams, before it is parsed."
     )
     QUEUE_LIMIT: int = Field(
-        100_000, ge=1, description="Most notifications not yet sent (queued + sending); past it POST answers 429."
+        100_000,
+        ge=1,
+        description="Most notifications not yet sent (queued + sending; scheduled ones count once due);"
+        " past it POST answers 429.",
     )
     IDEMPOTENCY_TTL_HOURS: float = Field(
         24.0, gt=0, le=24 * 365, description="How long an Idempotency-Key and its first answer are remembered."

@@ -10,16 +10,23 @@ from typing import Any
 
 
 class Status(StrEnum):
-    """Where a notification is: waiting (`queued`), being tried (`sending`), or done (`sent`, `failed`)."""
+    """Where a notification is: waiting for its `send_at` (`scheduled`), waiting (`queued`), being tried
+    (`sending`), or done (`sent`, `failed`, `canceled`)."""
 
     QUEUED = "queued"
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    SCHEDULED = "scheduled"
+    CANCELED = "canceled"
 
 
-# What counts against the queue limit: every notification not sent or failed yet.
+# What counts against the queue limit: every notification not sent or failed yet. `scheduled` is not in it:
+# mail for later takes no room in the queue until the dispatcher takes it at its time (docs/api.md).
 UNSENT = (Status.QUEUED, Status.SENDING)
+
+# What POST /v1/notifications/{id}/cancel can stop: nothing has been tried for it yet, or it waits for a retry.
+CANCELABLE = (Status.SCHEDULED, Status.QUEUED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +90,7 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"  # shutdown ran out of grace mid-send: tried again, may be sent twice
     RECOVERED = "recovered"  # left `sending` by a process that stopped: queued again, may be sent twice
     REQUEUED = "requeued"  # an operator put a `failed` notification back in the queue (not an attempt)
+    CANCELED = "canceled"  # canceled (POST …/cancel) while scheduled or queued: never sent (not an attempt)
 
 
 # The history keeps this many entries, the newest; `attempts` still counts them all.

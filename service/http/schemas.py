@@ -31,9 +31,10 @@ class RefusedRecipient(BaseModel):
 
 class HistoryItem(BaseModel):
     at: datetime
-    outcome: Literal["sent", "retry", "failed", "interrupted", "recovered", "requeued"] = Field(
+    outcome: Literal["sent", "retry", "failed", "interrupted", "recovered", "requeued", "canceled"] = Field(
         description="sent, retry (failed for now, tried again), failed (the last word), interrupted (by shutdown),"
-        " recovered (left sending by a process that stopped), requeued (by POST …/retry): docs/api.md"
+        " recovered (left sending by a process that stopped), requeued (by POST …/retry),"
+        " canceled (by POST …/cancel): docs/api.md"
     )
     smtp_code: int | None = Field(description="The SMTP server's reply code, when it gave one")
     message: str | None = Field(description="The server's reply, or the error")
@@ -52,6 +53,9 @@ class NotificationStatus(BaseModel):
     updated_at: datetime
     sent_at: datetime | None
     next_attempt_at: datetime | None
+    send_at: datetime | None = Field(
+        None, description="When a scheduled notification is to be sent (its `send_at`); null when sent at once"
+    )
     message_id: str
     smtp_reply: str | None
     refused_recipients: list[RefusedRecipient]
@@ -115,6 +119,8 @@ class StatusCounts(BaseModel):
     sending: int
     sent: int
     failed: int
+    scheduled: int = Field(0, description="Waiting for their send_at; not counted against QUEUE_LIMIT")
+    canceled: int = 0
 
 
 class SentInMinute(BaseModel):

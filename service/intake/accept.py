@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ from starlette.background import BackgroundTasks
 from service.config import Settings
 from service.delivery.handle import DispatcherHandle
 from service.delivery.mime import addr_spec
+from service.domain import Status
 from service.events.suppressions import SuppressionList
 from service.intake.request import NotificationRequest
 from service.intake.templates import TemplateRenderError, Templates
@@ -85,6 +87,8 @@ def build_notification(request: NotificationRequest, settings: Settings, request
             ]
         )
     assert request.subject is not None, "a template request is rendered first (render_request)"
+    now = time.time()
+    send_at = scheduled_for(request.send_at, settings, now)
     notification_id = str(uuid.uuid4())
     domain = message_id_domain(settings.MAIL_FROM)
     return Notification(
@@ -99,8 +103,33 @@ def build_notification(request: NotificationRequest, settings: Settings, request
         metadata=request.metadata,
         message_id=f"<{notification_id}@{domain}>",
         request_id=request_id,
-        created_at=time.time(),
+        created_at=now,
+        next_attempt_at=now if send_at is None else send_at,
+        status=Status.QUEUED if send_at is None else Status.SCHEDULED,
+        send_at=send_at,
     )
+
+
+def scheduled_for(value: datetime | None, settings: Settings, now: float) -> float | None:
+    """A send_at (with its offset: request.py checks) as UNIX seconds when it is in the future, else None (sent
+    at once, as Resend and SendGrid do with a past time); 422 past MAX_SCHEDULE_DAYS."""
+    if value is None:
+        return None
+    send_at = value.timestamp()
+    if send_at <= now:
+        return None
+    if send_at > now + settings.MAX_SCHEDULE_DAYS * 86400:
+        raise RequestValidationError(
+            [
+                _error(
+                    ("body", "send_at"),
+                    "send_at_too_far",
+                    f"at most MAX_SCHEDULE_DAYS={settings.MAX_SCHEDULE_DAYS:g} days ahead",
+                    value.isoformat(),
+                )
+            ]
+        )
+    return send_at
 
 
 class Intake:

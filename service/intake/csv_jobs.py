@@ -20,6 +20,7 @@ import structlog
 from pydantic import ValidationError
 
 from service.config import Settings
+from service.domain import Status
 from service.intake.accept import Intake, build_notification
 from service.intake.request import NotificationRequest, normalize_address
 from service.intake.templates import MailTemplate, TemplateRenderError
@@ -184,7 +185,13 @@ class JobReader:
             raise ValueError(
                 "; ".join(f"rendered {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             ) from None
-        return build_notification(request, self.settings, self.job.request_id)
+        notification = build_notification(request, self.settings, self.job.request_id)
+        if self.job.send_at is not None and self.job.send_at > notification.created_at:
+            # The job's send_at, checked at its upload: every row due at the same moment, also rows read after a
+            # restart (a send_at passed by then sends at once).
+            notification.status = Status.SCHEDULED
+            notification.send_at = notification.next_attempt_at = self.job.send_at
+        return notification
 
 
 class JobRunner:

@@ -4,11 +4,12 @@ so that nothing a client sends (over HTTP, in a batch or in a CSV row) can add a
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from email.headerregistry import Address
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # CR, LF and NUL, and every other character Python's str.splitlines() breaks a line at (VT, FF, FS, GS, RS,
 # NEL, U+2028, U+2029) or that is a control character: the email package refuses such a header value when
@@ -74,6 +75,28 @@ def normalize_address(value: str) -> str:
     return str(Address(display_name=name, username=checked.local_part, domain=checked.domain))
 
 
+def rfc3339_only(value: Any) -> Any:
+    """A send_at is an RFC 3339 string; a bare number (seconds? milliseconds?) is refused, not guessed at."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 date-time string with an offset, e.g. 2030-01-01T09:00:00Z")
+    return value
+
+
+def needs_offset(value: datetime) -> datetime:
+    # A time without an offset means a different moment on every server: refused rather than read as UTC.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("needs an offset, e.g. Z or +02:00 (2030-01-01T09:00:00+02:00)")
+    return value
+
+
+SendAt = Annotated[
+    datetime,
+    BeforeValidator(rfc3339_only),
+    AfterValidator(needs_offset),
+    Field(examples=["2030-01-01T09:00:00+02:00"]),
+]
+
+
 EmailAddress = Annotated[
     str,
     Field(max_length=320, examples=["Ada Lovelace <ada@example.com>"]),
@@ -102,6 +125,9 @@ class NotificationRequest(BaseModel):
     # The other form: a template's name and its variables, rendered into subject/text/html before the 202.
     template: str | None = Field(None, min_length=1, max_length=200, examples=["welcome"])
     data: dict[str, Any] | None = Field(None, examples=[{"first_name": "Ada"}])
+    # Send later: kept `scheduled` until then (at most MAX_SCHEDULE_DAYS ahead); a time not in the future sends
+    # at once, as Resend and SendGrid do.
+    send_at: SendAt | None = None
 
     @model_validator(mode="before")
     @classmethod

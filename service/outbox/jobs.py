@@ -44,7 +44,10 @@ class Job:
     rejected: int = 0
     reason: str | None = None
     finished_at: float | None = None
+    # Every row's send_at (UNIX seconds): the job's notifications are scheduled together.
+    send_at: float | None = None
     # The live states of the job's notifications, filled in by `get`.
+    scheduled: int = 0
     queued: int = 0
     sent: int = 0
     failed: int = 0

@@ -42,6 +42,8 @@ class Notification:
     envelope: list[str] | None = None
     # Every attempt's outcome, oldest first, the last HISTORY_LIMIT of them; `last_error` is the last error in it.
     history: list[HistoryEntry] = field(default_factory=list)
+    # When a `scheduled` notification is to be sent (UNIX seconds); it is due then: next_attempt_at = send_at.
+    send_at: float | None = None
     # Position in the outbox, assigned on insert: orders listings and makes cursors.
     seq: int | None = None
 
@@ -73,7 +75,9 @@ class NotificationStore(abc.ABC):
 
     @abc.abstractmethod
     async def add(self, notifications: Sequence[Notification], *, idempotency: IdempotencyRecord | None = None) -> None:
-        """Store new notifications (`queued`, due now) in one transaction; returns once they are on disk.
+        """Store new notifications in one transaction; returns once they are on disk. Each is `queued` and due
+        now, or, with a `send_at` and the status `scheduled`, due at its send_at and not counted against the
+        queue limit.
 
         With `idempotency`, the key's record is committed in the same transaction, so neither exists without
         the other. Raises QueueFull (nothing added) when the queue limit would be passed, and
@@ -82,7 +86,7 @@ class NotificationStore(abc.ABC):
 
     @abc.abstractmethod
     async def count_unsent(self) -> int:
-        """Notifications `queued` or `sending`: cheap enough to ask on every request (no table scan)."""
+        """Notifications `queued` or `sending` (not `scheduled`): cheap enough to ask on every request."""
 
     @abc.abstractmethod
     async def get(self, notification_id: str) -> Notification | None: ...
@@ -108,7 +112,8 @@ class NotificationStore(abc.ABC):
 
     @abc.abstractmethod
     async def claim(self, limit: int, now: float) -> list[Notification]:
-        """Take up to `limit` due `queued` notifications, oldest due first: `sending`, one attempt more."""
+        """Take up to `limit` due `queued` or `scheduled` notifications (a scheduled one is due at its send_at),
+        oldest due first: `sending`, one attempt more. Never a `canceled` one."""
 
     @abc.abstractmethod
     async def release(self, notification_ids: Sequence[str]) -> None:
@@ -174,8 +179,13 @@ class NotificationStore(abc.ABC):
         """A `failed` notification back to `queued` with its attempts reset; None unless it was `failed`."""
 
     @abc.abstractmethod
+    async def cancel(self, notification_id: str, now: float) -> Notification | None:
+        """A `scheduled` or `queued` notification to `canceled`, in one conditional UPDATE: a claim and a cancel
+        cannot both win. None when it was in no such status (or does not exist)."""
+
+    @abc.abstractmethod
     async def next_due_at(self) -> float | None:
-        """When the earliest `queued` notification is due, or None when nothing waits."""
+        """When the earliest `queued` or `scheduled` notification is due, or None when nothing waits."""
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Call `wake` (on the event loop) when another process may have added due work.

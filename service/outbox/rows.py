@@ -48,6 +48,16 @@ def history_from_json(value: Any) -> list[HistoryEntry]:
     return [HistoryEntry.from_json(entry) for entry in json.loads(value)] if value else []
 
 
+def due_at(n: Notification) -> float:
+    """When a new notification is first due: at its send_at when scheduled, else at once."""
+    return n.send_at if n.status == Status.SCHEDULED and n.send_at is not None else n.created_at
+
+
+def unsent_among(notifications: Sequence[Notification]) -> int:
+    """How many new notifications count against the queue limit: all but the scheduled ones."""
+    return sum(1 for n in notifications if n.status != Status.SCHEDULED)
+
+
 def notification_from_row(row: Any) -> Notification:
     """From a row with the notifications table's columns (a sqlite3.Row or an asyncpg.Record)."""
     content = json.loads(row["content"])
@@ -75,4 +85,5 @@ def notification_from_row(row: Any) -> Notification:
         sent_at=row["sent_at"],
         next_attempt_at=row["next_attempt_at"],
         history=history_from_json(row["history"]),
+        send_at=row["send_at"],
     )

@@ -32,6 +32,7 @@ PROTECTED = [
     ("GET", "/v1/notifications"),
     ("GET", "/v1/notifications/some-id"),
     ("POST", "/v1/notifications/some-id/retry"),
+    ("POST", "/v1/notifications/some-id/cancel"),
     ("GET", "/v1/stats"),
     ("POST", "/send-notification/ada@example.com"),
     ("POST", "/email/ada@example.com"),

@@ -35,5 +35,9 @@ async def test_a_retry_on_another_replica_replays_the_first_answer_and_both_repo
     assert retried.headers["idempotent-replayed"] == "true"
     assert other.status_code == 422
     assert len(smtp_sink.received) == 1
-    assert stats[0]["counts"] == stats[1]["counts"] == {"queued": 0, "sending": 0, "sent": 1, "failed": 0}
+    assert (
+        stats[0]["counts"]
+        == stats[1]["counts"]
+        == {"queued": 0, "sending": 0, "sent": 1, "failed": 0, "scheduled": 0, "canceled": 0}
+    )
     assert gauges == [1.0, 1.0]

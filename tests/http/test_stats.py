@@ -16,7 +16,7 @@ async def test_stats_of_an_empty_outbox(service: Service) -> None:
 
     assert response.status_code == 200
     body = response.json()
-    assert body["counts"] == {"queued": 0, "sending": 0, "sent": 0, "failed": 0}
+    assert body["counts"] == {"queued": 0, "sending": 0, "sent": 0, "failed": 0, "scheduled": 0, "canceled": 0}
     assert body["oldest_queued_age_seconds"] is None
     assert len(body["sent_per_minute"]) == 15
     assert all(bucket["sent"] == 0 for bucket in body["sent_per_minute"])
@@ -33,7 +33,7 @@ async def test_stats_count_sent_and_failed_mail_and_name_the_errors(service: Ser
 
     body = (await service.client.get("/v1/stats", params={"minutes": 5, "errors": 3})).json()
 
-    assert body["counts"] == {"queued": 0, "sending": 0, "sent": 2, "failed": 1}
+    assert body["counts"] == {"queued": 0, "sending": 0, "sent": 2, "failed": 1, "scheduled": 0, "canceled": 0}
     minutes = [datetime.fromisoformat(bucket["minute"]) for bucket in body["sent_per_minute"]]
     assert len(minutes) == 5
     assert minutes == sorted(minutes)

@@ -27,26 +27,68 @@ async def counts(stats: StatsStore) -> dict[Status, int]:
 
 async def test_counts_follow_every_transition(outbox: Outbox) -> None:
     notifications = outbox.notifications
-    assert await counts(outbox.stats) == {"queued": 0, "sending": 0, "sent": 0, "failed": 0}
+    assert await counts(outbox.stats) == {
+        "queued": 0,
+        "sending": 0,
+        "sent": 0,
+        "failed": 0,
+        "scheduled": 0,
+        "canceled": 0,
+    }
     # An hour ago, so that the last claims' lease has run out (PostgreSQL recovers only those).
     now = time.time() - 3600
     await notifications.add([notification(created_at=now - 60) for _ in range(5)])
-    assert await counts(outbox.stats) == {"queued": 5, "sending": 0, "sent": 0, "failed": 0}
+    assert await counts(outbox.stats) == {
+        "queued": 5,
+        "sending": 0,
+        "sent": 0,
+        "failed": 0,
+        "scheduled": 0,
+        "canceled": 0,
+    }
 
     a, b, c, d = await notifications.claim(4, time.time())
-    assert await counts(outbox.stats) == {"queued": 1, "sending": 4, "sent": 0, "failed": 0}
+    assert await counts(outbox.stats) == {
+        "queued": 1,
+        "sending": 4,
+        "sent": 0,
+        "failed": 0,
+        "scheduled": 0,
+        "canceled": 0,
+    }
 
     await notifications.mark_sent(a.id, smtp_reply="250 ok", refused=[], now=now)
     await notifications.mark_failed(b.id, error="550 no", refused=[], now=now)
     await notifications.mark_retry(c.id, error="451 later", next_attempt_at=now, now=now)
     await notifications.release([d.id])
-    assert await counts(outbox.stats) == {"queued": 3, "sending": 0, "sent": 1, "failed": 1}
+    assert await counts(outbox.stats) == {
+        "queued": 3,
+        "sending": 0,
+        "sent": 1,
+        "failed": 1,
+        "scheduled": 0,
+        "canceled": 0,
+    }
 
     await notifications.requeue_failed(b.id, now)
     await notifications.claim(2, now)
-    assert await counts(outbox.stats) == {"queued": 2, "sending": 2, "sent": 1, "failed": 0}
+    assert await counts(outbox.stats) == {
+        "queued": 2,
+        "sending": 2,
+        "sent": 1,
+        "failed": 0,
+        "scheduled": 0,
+        "canceled": 0,
+    }
     assert await notifications.recover() == 2
-    assert await counts(outbox.stats) == {"queued": 4, "sending": 0, "sent": 1, "failed": 0}
+    assert await counts(outbox.stats) == {
+        "queued": 4,
+        "sending": 0,
+        "sent": 1,
+        "failed": 0,
+        "scheduled": 0,
+        "canceled": 0,
+    }
 
 
 async def test_the_migration_counts_rows_that_were_already_there(tmp_path: Path) -> None:
@@ -67,7 +109,14 @@ async def test_the_migration_counts_rows_that_were_already_there(tmp_path: Path)
     store = sqlite_outbox(path)
     await store.open()
     try:
-        assert await counts(store.stats) == {"queued": 1, "sending": 0, "sent": 2, "failed": 1}
+        assert await counts(store.stats) == {
+            "queued": 1,
+            "sending": 0,
+            "sent": 2,
+            "failed": 1,
+            "scheduled": 0,
+            "canceled": 0,
+        }
     finally:
         await store.close()
 
@@ -208,7 +257,14 @@ async def test_the_postgresql_migration_counts_rows_that_were_already_there(post
     store = postgres_outbox(postgres_url, lease_seconds=300, pool_size=2)
     await store.open()
     try:
-        assert await counts(store.stats) == {"queued": 1, "sending": 0, "sent": 2, "failed": 1}
+        assert await counts(store.stats) == {
+            "queued": 1,
+            "sending": 0,
+            "sent": 2,
+            "failed": 1,
+            "scheduled": 0,
+            "canceled": 0,
+        }
         assert await store.notifications.count_unsent() == 1
     finally:
         await store.close()

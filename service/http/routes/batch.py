@@ -3,6 +3,7 @@ written to the outbox in one transaction and handed to the dispatcher with one w
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request, Response, status
@@ -10,7 +11,6 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from service.domain import Status
 from service.http.deps import IdempotencyDep, IntakeDep, SettingsDep
 from service.http.errors import json_safe
 from service.http.idempotency import (
@@ -20,7 +20,7 @@ from service.http.idempotency import (
     IdempotencyKeyHeader,
 )
 from service.intake.accept import Intake
-from service.intake.request import NotificationRequest
+from service.intake.request import NotificationRequest, SendAt
 from service.outbox import IdempotencyKeyTaken, Notification
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
@@ -29,6 +29,8 @@ router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 class BatchRequest(BaseModel):
     # Items stay raw here: each one is validated on its own, so one bad item cannot refuse the others.
     notifications: list[Any] = Field(min_length=1)
+    # Every item's send_at unless the item names its own: the batch is scheduled together.
+    send_at: SendAt | None = None
 
 
 class BatchItemError(BaseModel):
@@ -45,8 +47,13 @@ class BatchResponse(BaseModel):
     items: list[BatchItem]
 
 
-def build_batch_item(raw: Any, intake: Intake, request_id: str | None) -> Notification | BatchItemError:
-    """One item of a batch: a notification ready for the outbox, or the 422 detail it would have had alone."""
+def build_batch_item(
+    raw: Any, intake: Intake, request_id: str | None, send_at: datetime | None = None
+) -> Notification | BatchItemError:
+    """One item of a batch: a notification ready for the outbox, or the 422 detail it would have had alone.
+    `send_at` (the batch's) applies to an item that has none of its own."""
+    if send_at is not None and isinstance(raw, dict) and raw.get("send_at") is None:
+        raw = {**raw, "send_at": send_at}
     try:
         return intake.build(NotificationRequest.model_validate(raw), request_id)
     except ValidationError as exc:
@@ -87,12 +94,14 @@ async def create_batch(
     async with idempotency.begin(request, idempotency_key, batch) as claim:
         if claim.replay is not None:
             return claim.replay
-        results = [build_batch_item(raw, intake, request.state.request_id) for raw in batch.notifications]
+        results = [
+            build_batch_item(raw, intake, request.state.request_id, batch.send_at) for raw in batch.notifications
+        ]
         accepted = [result for result in results if isinstance(result, Notification)]
         answer = (
             BatchResponse(
                 items=[
-                    BatchItem(id=result.id, status=Status.QUEUED)
+                    BatchItem(id=result.id, status=result.status)
                     if isinstance(result, Notification)
                     else BatchItem(error=result)
                     for result in results

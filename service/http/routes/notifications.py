@@ -1,4 +1,4 @@
-"""`/v1/notifications`: accept a notification (on disk before the 202), read its status, list, retry."""
+"""`/v1/notifications`: accept a notification (on disk before the 202), read its status, list, retry, cancel."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def to_status(n: Notification) -> NotificationStatus:
         created_at=datetime.fromtimestamp(n.created_at, UTC),
         updated_at=datetime.fromtimestamp(n.updated_at or n.created_at, UTC),
         sent_at=_time(n.sent_at),
-        next_attempt_at=_time(n.next_attempt_at) if n.status == Status.QUEUED else None,
+        next_attempt_at=_time(n.next_attempt_at) if n.status in (Status.QUEUED, Status.SCHEDULED) else None,
+        send_at=_time(n.send_at),
         message_id=n.message_id,
         smtp_reply=n.smtp_reply,
         refused_recipients=[RefusedRecipient(**r.to_json()) for r in n.refused_recipients],
@@ -85,7 +86,7 @@ async def create_notification(
             return claim.replay
         notification = accepting.intake.build(body, request.state.request_id)
         # The answer is fixed before the commit: it is stored with the notification for replays.
-        notification.updated_at = notification.next_attempt_at = notification.created_at
+        notification.updated_at = notification.created_at
         answer = to_status(notification).model_dump_json().encode()
         headers = {"Location": f"/v1/notifications/{notification.id}"}
         try:
@@ -144,4 +145,29 @@ async def retry_notification(
         # Under the retry request's own id; the original one too, so one grep still finds the whole life.
         log.info("notification_requeued", original_request_id=notification.request_id)
     background.add_task(dispatcher.notify, notification.id)
+    return to_status(notification)
+
+
+@router.post(
+    "/{notification_id}/cancel",
+    response_model=NotificationStatus,
+    responses={
+        404: {"description": "No such notification"},
+        409: {"description": "Already sending, sent, failed or canceled: nothing left to cancel"},
+    },
+    summary="Cancel a scheduled or queued notification before it is sent",
+)
+async def cancel_notification(notification_id: str, outbox: NotificationStoreDep) -> NotificationStatus:
+    # One conditional UPDATE in the store: a claim by the dispatcher and this cancel cannot both win.
+    notification = await outbox.cancel(notification_id, time.time())
+    if notification is None:
+        existing = await outbox.get(notification_id)
+        if existing is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no notification with id {notification_id!r}")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"notification {notification_id} is {existing.status}; only a scheduled or queued notification"
+            " can be canceled",
+        )
+    log.info("notification_canceled", notification_id=notification.id, original_request_id=notification.request_id)
     return to_status(notification)

@@ -1,5 +1,5 @@
 """The activity page (notifications newest first, counts, the last hour's chart) and one notification's page
-(timeline, envelope, headers, text, sandboxed HTML, Retry)."""
+(timeline, envelope, headers, text, sandboxed HTML, Retry, Cancel)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ _HISTORY_STEP = {
     Outcome.INTERRUPTED: ("Interrupted by a shutdown, tried again", "warn"),
     Outcome.RECOVERED: ("Left sending by a stopped process, queued again", "warn"),
     Outcome.REQUEUED: ("Queued again by a retry", "warn"),
+    Outcome.CANCELED: ("Canceled: it will not be sent", "failed"),
 }
 
 
@@ -66,6 +67,9 @@ def timeline(n: Notification, max_attempts: int) -> list[Step]:
     (the newest HISTORY_LIMIT), and where it stands now. Rows from before the history (migration 0005) show
     their attempts' count and last error instead."""
     steps = [Step("Accepted", n.created_at, f"request {n.request_id}" if n.request_id else None)]
+    if n.status == Status.SCHEDULED:
+        steps.append(Step("Scheduled: sent at its send_at", n.send_at, None, "current"))
+        return steps
     if n.history:
         steps.extend(_history_step(entry) for entry in n.history)
         if n.status == Status.QUEUED:
@@ -149,7 +153,11 @@ def _notification_page(
             "envelope": backend.envelope(n),
             "headers": backend.headers(n),
             "problem": problem,
-            "refresh_ms": ACTIVE_REFRESH_MS if n.status in (Status.QUEUED, Status.SENDING) else 0,
+            "refresh_ms": ACTIVE_REFRESH_MS
+            if n.status in (Status.QUEUED, Status.SENDING)
+            else ACTIVITY_REFRESH_MS
+            if n.status == Status.SCHEDULED
+            else 0,
         },
         status_code=status_code,
     )
@@ -174,6 +182,21 @@ async def retry(request: Request, notification_id: str, access: AccessDep, backg
         n = await _notification_or_404(backend, notification_id)
         return _notification_page(request, backend, n, problem=str(exc.detail), status_code=exc.status_code)
     return RedirectResponse(f"{PREFIX}/notifications/{notification_id}", status_code=303, background=background)
+
+
+@router.post("/notifications/{notification_id}/cancel")
+async def cancel(request: Request, notification_id: str, access: AccessDep) -> Response:
+    form = await request.form()
+    access.check_csrf(request, str(form.get(CSRF_FIELD) or ""))
+    backend = Backend(request)
+    try:
+        await backend.cancel(notification_id)
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            raise
+        n = await _notification_or_404(backend, notification_id)
+        return _notification_page(request, backend, n, problem=str(exc.detail), status_code=exc.status_code)
+    return RedirectResponse(f"{PREFIX}/notifications/{notification_id}", status_code=303)
 
 
 @router.get("/notifications/{notification_id}/html")

@@ -14,7 +14,7 @@ from service.delivery.handle import DispatcherHandle
 from service.delivery.mime import addr_spec, build_message
 from service.domain import Status
 from service.http.routes import jobs as job_routes
-from service.http.routes.notifications import retry_notification
+from service.http.routes.notifications import cancel_notification, retry_notification
 from service.intake.accept import Intake
 from service.intake.csv_jobs import JobRunner
 from service.intake.request import NotificationRequest
@@ -102,6 +102,10 @@ class Backend:
     async def retry(self, notification_id: str, background: BackgroundTasks) -> None:
         """POST /v1/notifications/{id}/retry itself: its 404 and 409 come out as its HTTPException."""
         await retry_notification(notification_id, self.notifications, self.dispatcher, background)
+
+    async def cancel(self, notification_id: str) -> None:
+        """POST /v1/notifications/{id}/cancel itself: its 404 and 409 come out as its HTTPException."""
+        await cancel_notification(notification_id, self.notifications)
 
     async def start_job(self, request: Request, check_fields: job_routes.FieldsCheck) -> Job:
         """POST /v1/jobs's own upload, checks and start; `check_fields` runs before anything is stored."""

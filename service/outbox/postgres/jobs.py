@@ -27,7 +27,7 @@ JOB_LOCK_CLASS = 0x6A6F62  # "job"
 
 _JOB_COLUMNS = (
     "id, status, template, csv_path, request_id, total_rows, rows_done, accepted, rejected, reason,"
-    " created_at, finished_at"
+    " created_at, finished_at, send_at"
 )
 
 
@@ -43,6 +43,7 @@ async def _counted(conn: asyncpg.Connection, job: Job) -> Job:
             "SELECT status, count(*) AS count FROM notifications WHERE job_id = $1 GROUP BY status", job.id
         )
     }
+    job.scheduled = counts.get(Status.SCHEDULED, 0)
     job.queued = counts.get(Status.QUEUED, 0) + counts.get(Status.SENDING, 0)
     job.sent = counts.get(Status.SENT, 0)
     job.failed = counts.get(Status.FAILED, 0)
@@ -95,7 +96,7 @@ class PostgresJobStore(JobStore):
     async def create(self, job: Job) -> None:
         async with self.database.connection() as conn:
             await conn.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 job.id,
                 job.status,
                 job.template,
@@ -108,6 +109,7 @@ class PostgresJobStore(JobStore):
                 job.reason,
                 job.created_at,
                 job.finished_at,
+                job.send_at,
             )
         await self._lock(job.id)
 

@@ -132,19 +132,28 @@ class SqliteDatabase(Database):
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
-        db.execute("PRAGMA foreign_keys=ON")
+        # Foreign keys off while migrating (the pragma is a no-op inside a transaction), as SQLite's table rebuild
+        # asks (0009): with them on, dropping the old table would delete, or cascade to, the rows that reference
+        # it. They are checked before the commit instead, and on for everything after.
+        db.execute("PRAGMA foreign_keys=OFF")
         db.execute("BEGIN IMMEDIATE")
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
+            migrated = False
             for number, _name, script in read_migrations("sqlite"):
                 if number > version:
                     for statement in split_statements(script):
                         db.execute(statement)
                     db.execute(f"PRAGMA user_version={number}")
+                    migrated = True
+            broken = db.execute("PRAGMA foreign_key_check").fetchone() if migrated else None
+            if broken is not None:
+                raise sqlite3.IntegrityError(f"migration left a foreign key broken: {tuple(broken)}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        db.execute("PRAGMA foreign_keys=ON")
         # From here on a locked file fails at once and _call() tries again, every LOCK_RETRY_SECONDS (the
         # migrations above waited in SQLite's own handler).
         db.execute("PRAGMA busy_timeout=0")

@@ -17,7 +17,7 @@ from service.outbox.sqlite.notifications import insert_notifications
 
 _JOB_COLUMNS = (
     "id, status, template, csv_path, request_id, total_rows, rows_done, accepted, rejected, reason,"
-    " created_at, finished_at"
+    " created_at, finished_at, send_at"
 )
 
 
@@ -30,6 +30,7 @@ def _counted(db: sqlite3.Connection, job: Job) -> Job:
     counts = dict(
         db.execute("SELECT status, count(*) FROM notifications WHERE job_id = ? GROUP BY status", (job.id,)).fetchall()
     )
+    job.scheduled = counts.get(Status.SCHEDULED, 0)
     job.queued = counts.get(Status.QUEUED, 0) + counts.get(Status.SENDING, 0)
     job.sent = counts.get(Status.SENT, 0)
     job.failed = counts.get(Status.FAILED, 0)
@@ -45,7 +46,7 @@ class SqliteJobStore(JobStore):
             db.execute(
                 f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES"
                 " (:id, :status, :template, :csv_path, :request_id, :total_rows, :rows_done, :accepted, :rejected,"
-                " :reason, :created_at, :finished_at)",
+                " :reason, :created_at, :finished_at, :send_at)",
                 {
                     "id": job.id,
                     "status": job.status,
@@ -59,6 +60,7 @@ class SqliteJobStore(JobStore):
                     "reason": job.reason,
                     "created_at": job.created_at,
                     "finished_at": job.finished_at,
+                    "send_at": job.send_at,
                 },
             )
 

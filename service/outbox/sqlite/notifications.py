@@ -18,7 +18,14 @@ from service.domain import HISTORY_LIMIT, Bounce, Outcome, Refusal, Status, repl
 from service.outbox.errors import IdempotencyKeyTaken, OutboxUnavailable, QueueFull
 from service.outbox.idempotency import IdempotencyRecord
 from service.outbox.notifications import Notification, NotificationStore, Page
-from service.outbox.rows import content_json, history_entry_json, notification_from_row, refused_json
+from service.outbox.rows import (
+    content_json,
+    due_at,
+    history_entry_json,
+    notification_from_row,
+    refused_json,
+    unsent_among,
+)
 from service.outbox.sqlite.database import SqliteDatabase
 from service.outbox.sqlite.idempotency import insert_record
 from service.outbox.sqlite.suppressions import record_bounces
@@ -45,17 +52,17 @@ class _Outcome:
 # Every write that waits for the next group commit.
 _Write = _Insert | _Outcome
 
-# Many rows in one INSERT (see insert_notifications): 9 parameters a row, well under SQLite's limit of 32,766.
+# Many rows in one INSERT (see insert_notifications): 11 parameters a row, well under SQLite's limit of 32,766.
 _INSERT = (
     "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
-    " created_at, updated_at, next_attempt_at, job_id, refused) VALUES "
+    " created_at, updated_at, next_attempt_at, job_id, refused, send_at) VALUES "
 )
-_INSERT_ROW = f"(?, '{Status.QUEUED}', ?, ?, ?, 0, ?, ?, ?, ?, ?)"
+_INSERT_ROW = "(?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)"
 _ROWS_PER_INSERT = 500
 
 COLUMNS = (
     "seq, id, status, content, message_id, request_id, attempts, last_error, smtp_reply, refused,"
-    " created_at, updated_at, sent_at, next_attempt_at, history"
+    " created_at, updated_at, sent_at, next_attempt_at, history, send_at"
 )
 
 # Appends :entry to `history`, dropping the oldest past HISTORY_LIMIT ('$[#]' removes nothing: below the limit).
@@ -71,7 +78,8 @@ _STILL_CLAIMED = f"AND (:attempt IS NULL OR (status = '{Status.SENDING}' AND att
 def insert_notifications(
     db: sqlite3.Connection, notifications: Sequence[Notification], *, job_id: str | None = None
 ) -> None:
-    """Insert new notifications (`queued`, due at once) inside the caller's transaction.
+    """Insert new notifications (`queued` and due at once, or `scheduled` and due at send_at) inside the caller's
+    transaction.
 
     One statement for many rows, not executemany(): sqlite3 lets go of the GIL for every step of a
     statement, and on a busy event loop each row then waited for the GIL to come back (a group of 25
@@ -82,15 +90,17 @@ def insert_notifications(
         for n in chunk:
             params += (
                 n.id,
+                n.status,
                 content_json(n),
                 n.message_id,
                 n.request_id,
                 n.created_at,
                 n.created_at,
-                n.created_at,
+                due_at(n),
                 job_id,
                 # Recipients left out at accept (suppressed): on record from the start.
                 refused_json(n.refused_recipients) if n.refused_recipients else None,
+                n.send_at,
             )
         db.execute(_INSERT + ", ".join([_INSERT_ROW] * len(chunk)), params)
 
@@ -136,14 +146,15 @@ class SqliteNotificationStore(NotificationStore):
             if isinstance(write, _Outcome):
                 continue
             notifications, idempotency = write
-            if self.queue_limit is not None and unsent + len(notifications) > self.queue_limit:
-                refusals[number] = QueueFull(unsent, self.queue_limit, len(notifications))
+            counted = unsent_among(notifications)
+            if self.queue_limit is not None and counted and unsent + counted > self.queue_limit:
+                refusals[number] = QueueFull(unsent, self.queue_limit, counted)
                 continue
             if idempotency is not None and not insert_record(db, idempotency, now):
                 refusals[number] = IdempotencyKeyTaken(idempotency.key)
                 continue
             accepted.extend(notifications)
-            unsent += len(notifications)
+            unsent += counted
         insert_notifications(db, accepted)
         return refusals
 
@@ -215,8 +226,11 @@ class SqliteNotificationStore(NotificationStore):
 
     async def next_due_at(self) -> float | None:
         def next_due(db: sqlite3.Connection) -> float | None:
+            # The (status, next_attempt_at) index answers each status's minimum at once.
             row = db.execute(
-                f"SELECT min(next_attempt_at) FROM notifications WHERE status = '{Status.QUEUED}'"
+                "SELECT min(due) FROM ("
+                f" SELECT min(next_attempt_at) AS due FROM notifications WHERE status = '{Status.QUEUED}'"
+                f" UNION ALL SELECT min(next_attempt_at) FROM notifications WHERE status = '{Status.SCHEDULED}')"
             ).fetchone()
             return row[0] if row else None
 
@@ -241,7 +255,7 @@ class SqliteNotificationStore(NotificationStore):
             rows = db.execute(
                 f"UPDATE notifications SET status = '{Status.SENDING}', attempts = attempts + 1, updated_at = :now"
                 " WHERE seq IN (SELECT seq FROM notifications"
-                f"   WHERE status = '{Status.QUEUED}' AND next_attempt_at <= :now"
+                f"   WHERE status IN ('{Status.QUEUED}', '{Status.SCHEDULED}') AND next_attempt_at <= :now"
                 "   ORDER BY next_attempt_at LIMIT :limit)"
                 f" RETURNING {COLUMNS}",
                 {"now": now, "limit": limit},
@@ -353,6 +367,17 @@ class SqliteNotificationStore(NotificationStore):
             },
             bounces,
         )
+
+    async def cancel(self, notification_id: str, now: float) -> Notification | None:
+        def cancel(db: sqlite3.Connection) -> Notification | None:
+            row = db.execute(
+                f"UPDATE notifications SET status = '{Status.CANCELED}', updated_at = :now, {_APPEND_HISTORY}"
+                f" WHERE id = :id AND status IN ('{Status.SCHEDULED}', '{Status.QUEUED}') RETURNING {COLUMNS}",
+                {"id": notification_id, "now": now, "entry": history_entry_json(Outcome.CANCELED, now, None, None)},
+            ).fetchone()
+            return notification_from_row(row) if row else None
+
+        return await self.database.write(cancel)
 
     async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
         def requeue(db: sqlite3.Connection) -> Notification | None:

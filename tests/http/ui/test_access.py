@@ -33,6 +33,7 @@ PAGES = [
     ("GET", "/ui/notifications/some-id"),
     ("GET", "/ui/notifications/some-id/html"),
     ("POST", "/ui/notifications/some-id/retry"),
+    ("POST", "/ui/notifications/some-id/cancel"),
 ]
 
 
@@ -173,6 +174,7 @@ async def test_without_api_keys_the_page_is_open_and_says_so(service: Service) -
     [
         ("/ui/send", {"to": "ada@example.com", "subject": "Hi", "text": "x"}),
         ("/ui/notifications/some-id/retry", {}),
+        ("/ui/notifications/some-id/cancel", {}),
         ("/ui/logout", {}),
     ],
 )

@@ -14,6 +14,7 @@ import pytest
 from service.config import Settings
 from service.http.ui.pages import MAIL_HTML_CSP, PAGE_CSP, STATIC, static_url
 from tests.conftest import MAIL, Service, make_settings, running
+from tests.http.test_schedule import in_seconds
 from tests.http.ui.forms import csrf, text_of
 from tests.smtp_sink import SmtpSink
 
@@ -269,6 +270,29 @@ async def test_retry_follows_the_apis_rules(service: Service, smtp_sink: SmtpSin
     assert (again.status_code, api.status_code) == (409, 409)
     assert api.json()["detail"] in text_of(again)
     assert ">Retry</button>" not in again.text
+    assert unknown.status_code == 404
+
+
+async def test_cancel_follows_the_apis_rules(service: Service) -> None:
+    scheduled = (await service.post(**MAIL, send_at=in_seconds(3600))).json()["id"]
+    page = await service.client.get(f"/ui/notifications/{scheduled}")
+    listed = await service.client.get("/ui/?status=scheduled")
+    assert ">Cancel</button>" in page.text
+    assert "badge-scheduled" in page.text
+
+    token = await csrf(service.client)
+    canceled = await service.client.post(f"/ui/notifications/{scheduled}/cancel", data={"csrf": token})
+    again = await service.client.post(f"/ui/notifications/{scheduled}/cancel", data={"csrf": token})
+    api = await service.client.post(f"/v1/notifications/{scheduled}/cancel")
+    unknown = await service.client.post("/ui/notifications/nope/cancel", data={"csrf": token})
+
+    assert scheduled in listed.text
+    assert canceled.status_code == 303
+    assert canceled.headers["location"] == f"/ui/notifications/{scheduled}"
+    assert (again.status_code, api.status_code) == (409, 409)
+    assert api.json()["detail"] in text_of(again)
+    assert ">Cancel</button>" not in again.text
+    assert "badge-canceled" in again.text
     assert unknown.status_code == 404
 
 
