@@ -21,6 +21,11 @@ class Status(StrEnum):
 # What counts against the queue limit: every notification not sent or failed yet.
 UNSENT = (Status.QUEUED, Status.SENDING)
 
+# A tag: what a notification is filed and counted under (`?tag=`, METRIC_TAGS). Short and plain, so it needs no
+# escaping in a URL, a Prometheus label or a CSV form field (where several are separated by commas).
+TAG_PATTERN = r"^[a-z0-9_.-]{1,64}$"
+MAX_TAGS = 10
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:

@@ -8,7 +8,9 @@ from email.headerregistry import Address
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, model_validator
+
+from service.domain import MAX_TAGS, TAG_PATTERN
 
 # CR, LF and NUL, and every other character Python's str.splitlines() breaks a line at (VT, FF, FS, GS, RS,
 # NEL, U+2028, U+2029) or that is a control character: the email package refuses such a header value when
@@ -19,6 +21,28 @@ _HEADER_BREAKERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _ENCODED_WORD = re.compile(r"=\?.*\?=", re.DOTALL)
 _DISPLAY_NAME_FORM = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<addr>[^<>]*)>\s*$", re.DOTALL)
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# The headers a client may add (`headers`), by their lower-cased name, in the spelling the mail carries; and any
+# `X-` name of RFC 5322 ftext (printable ASCII but the colon). The mail's own headers (From, To, Subject, Date,
+# Message-ID, MIME) are never among them: no request can replace or repeat one.
+ALLOWED_HEADERS = {
+    name.lower(): name
+    for name in (
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Id",
+        "Auto-Submitted",
+        "Precedence",
+        "References",
+        "In-Reply-To",
+    )
+}
+_X_HEADER = re.compile(r"^[Xx]-[!-9;-~]{1,62}$")
+MAX_HEADERS = 20
+# RFC 5322 2.1.1: a line is at most 998 characters; a longer value is folded, so this bounds the value alone.
+MAX_HEADER_VALUE = 998
+# RFC 8058: one-click unsubscribe is this exact value, beside a List-Unsubscribe that holds an https URI.
+ONE_CLICK = "List-Unsubscribe=One-Click"
+_URI_LIST = re.compile(r"^\s*<[^<>\s]+>(?:\s*,\s*<[^<>\s]+>)*\s*$")
 # RFC 5321 4.5.3.1.1, in octets: email-validator's `strict` counts characters, so "ü" * 33 would pass it.
 LOCAL_PART_MAX_OCTETS = 64
 
@@ -74,6 +98,62 @@ def normalize_address(value: str) -> str:
     return str(Address(display_name=name, username=checked.local_part, domain=checked.domain))
 
 
+def header_name(name: str) -> str:
+    """The name as the mail carries it: a listed one in its usual spelling, an `X-` one as given; ValueError
+    for any other."""
+    canonical = ALLOWED_HEADERS.get(name.lower())
+    if canonical is not None:
+        return canonical
+    if _X_HEADER.match(name):
+        return name
+    raise ValueError(
+        f"header {name!r} cannot be set: allowed are X-… names (printable ASCII, no colon, at most 64 characters)"
+        f" and {', '.join(ALLOWED_HEADERS.values())}"
+    )
+
+
+def _pair_headers(value: Any) -> Any:
+    """{name: value} → {name: (name, value, every header)}, so that each entry is checked in its own place (a
+    refusal's `loc` names the header: ["body", "headers", name]) and can see the others."""
+    if not isinstance(value, dict):
+        return value
+    return {name: (name, header_value, value) for name, header_value in value.items()}
+
+
+def _check_header(entry: Any) -> str:
+    """One header of `headers`: its name allowed and not given twice, its value a single safe line."""
+    name, value, others = entry if isinstance(entry, tuple) else (None, entry, {})
+    if name is not None:
+        canonical = header_name(name)
+        same = [other for other in others if isinstance(other, str) and other.lower() == name.lower()]
+        if len(same) > 1:
+            raise ValueError(f"header {name!r} is given {len(same)} times ({', '.join(same)}): names ignore case")
+    if not isinstance(value, str):
+        raise ValueError("a header's value must be a string")
+    if not value.strip():
+        raise ValueError("a header's value must not be empty")
+    if len(value) > MAX_HEADER_VALUE:
+        raise ValueError(f"a header's value is at most {MAX_HEADER_VALUE} characters (RFC 5322), not {len(value)}")
+    reject_header_breakers(value)
+    if name is not None and canonical == "List-Unsubscribe" and not _URI_LIST.match(value):
+        raise ValueError("one or more URIs in angle brackets, e.g. `<https://example.com/unsubscribe/42>`")
+    if name is not None and canonical == "List-Unsubscribe-Post":
+        if value != ONE_CLICK:
+            raise ValueError(f"the only value RFC 8058 defines is `{ONE_CLICK}`")
+        unsubscribe = next((v for k, v in others.items() if str(k).lower() == "list-unsubscribe"), None)
+        if not isinstance(unsubscribe, str) or "<https://" not in unsubscribe.lower():
+            raise ValueError("one-click unsubscribe (RFC 8058) needs a List-Unsubscribe header with an https URI")
+    return value
+
+
+def _canonical_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {header_name(name): value for name, value in headers.items()}
+
+
+def _unique_tags(tags: list[str]) -> list[str]:
+    return list(dict.fromkeys(tags))
+
+
 EmailAddress = Annotated[
     str,
     Field(max_length=320, examples=["Ada Lovelace <ada@example.com>"]),
@@ -81,6 +161,9 @@ EmailAddress = Annotated[
 ]
 Subject = Annotated[str, Field(min_length=1, max_length=998), AfterValidator(reject_header_breakers)]
 MetadataKey = Annotated[str, AfterValidator(reject_header_breakers), Field(pattern=_METADATA_KEY.pattern)]
+HeaderValue = Annotated[str, PlainValidator(_check_header, json_schema_input_type=str)]
+Headers = Annotated[dict[str, HeaderValue], BeforeValidator(_pair_headers), AfterValidator(_canonical_headers)]
+Tag = Annotated[str, Field(pattern=TAG_PATTERN, examples=["welcome"])]
 
 
 class NotificationRequest(BaseModel):
@@ -98,6 +181,16 @@ class NotificationRequest(BaseModel):
     # No NUL in a value either: PostgreSQL cannot store one, and the failed write would be a 500.
     metadata: dict[MetadataKey, Annotated[str, Field(max_length=1024), AfterValidator(reject_nul)]] = Field(
         default_factory=dict, max_length=32
+    )
+    # More headers for the mail (docs/api.md#headers): X-… names and a few listed ones, e.g. List-Unsubscribe.
+    headers: Headers = Field(
+        default_factory=dict,
+        max_length=MAX_HEADERS,
+        examples=[{"List-Unsubscribe": "<https://example.com/unsubscribe/42>", "X-Campaign": "spring"}],
+    )
+    # What the notification is filed under: `GET /v1/notifications?tag=`, the metrics' `tag` label (METRIC_TAGS).
+    tags: Annotated[list[Tag], AfterValidator(_unique_tags)] = Field(
+        default_factory=list, max_length=MAX_TAGS, examples=[["welcome"]]
     )
     # The other form: a template's name and its variables, rendered into subject/text/html before the 202.
     template: str | None = Field(None, min_length=1, max_length=200, examples=["welcome"])

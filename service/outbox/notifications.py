@@ -28,6 +28,9 @@ class Notification:
     text: str | None = None
     html: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # The request's own headers for the mail (checked names, canonical spelling) and its tags (unique, in order).
+    headers: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
     request_id: str | None = None
     status: Status = Status.QUEUED
     attempts: int = 0
