@@ -154,6 +154,17 @@ def _unique_tags(tags: list[str]) -> list[str]:
     return list(dict.fromkeys(tags))
 
 
+def parse_tags(text: str) -> list[str]:
+    """Comma-separated tags (a CSV job's `tags` form field), checked like a request's `tags`; ValueError."""
+    tags = _unique_tags([tag.strip() for tag in text.split(",") if tag.strip()])
+    for tag in tags:
+        if not re.match(TAG_PATTERN, tag):
+            raise ValueError(f"{tag[:80]!r} is not a tag: 1 to 64 characters of a-z, 0-9, _ . -")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags, not {len(tags)}")
+    return tags
+
+
 EmailAddress = Annotated[
     str,
     Field(max_length=320, examples=["Ada Lovelace <ada@example.com>"]),

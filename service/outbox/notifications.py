@@ -91,8 +91,9 @@ class NotificationStore(abc.ABC):
     async def get(self, notification_id: str) -> Notification | None: ...
 
     @abc.abstractmethod
-    async def page(self, *, status: Status | None, limit: int, cursor: str | None) -> Page:
-        """Notifications newest first; `cursor` is the `next_cursor` of the previous page."""
+    async def page(self, *, status: Status | None, limit: int, cursor: str | None, tag: str | None = None) -> Page:
+        """Notifications newest first; `cursor` is the `next_cursor` of the previous page. With `tag`, only those
+        tagged so (the notification_tags index of migration 0008)."""
 
     @abc.abstractmethod
     async def page_for_recipient(

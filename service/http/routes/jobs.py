@@ -18,13 +18,14 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.config import Settings
 from service.http.deps import SettingsDep, TemplatesDep
 from service.intake.csv_jobs import CsvRejected, JobRunner, read_header
+from service.intake.request import parse_tags
 from service.intake.templates import Templates
 from service.outbox.errors import OutboxUnavailable
 from service.outbox.jobs import Job, JobStore
@@ -63,6 +64,7 @@ class JobStatus(BaseModel):
     id: str
     status: str
     template: str
+    tags: list[str] = Field(default_factory=list, description="Every row's notification carries these tags")
     total_rows: int | None
     rows_done: int
     accepted: int
@@ -81,6 +83,7 @@ def to_job_status(job: Job) -> JobStatus:
         id=job.id,
         status=job.status,
         template=job.template,
+        tags=job.tags,
         total_rows=job.total_rows,
         rows_done=job.rows_done,
         accepted=job.accepted,
@@ -220,6 +223,10 @@ async def receive_upload(request: Request, path: Path, max_bytes: int) -> tuple[
                         "properties": {
                             "file": {"type": "string", "format": "binary"},
                             "template": {"type": "string"},
+                            "tags": {
+                                "type": "string",
+                                "description": "Comma-separated tags for every row's notification, e.g. welcome,spring",
+                            },
                         },
                     }
                 }
@@ -271,6 +278,10 @@ async def receive_job(
         if templates.get(template) is None:
             raise _invalid("template", f"no template {template!r} (known: {', '.join(templates.names()) or 'none'})")
         try:
+            tags = parse_tags(fields.get("tags", ""))
+        except ValueError as exc:
+            raise _invalid("tags", str(exc)) from None
+        try:
             await asyncio.to_thread(read_header, path)
         except CsvRejected as exc:
             raise _invalid("file", str(exc)) from None
@@ -283,9 +294,10 @@ async def receive_job(
         csv_path=str(path),
         created_at=time.time(),
         request_id=request.state.request_id,
+        tags=tags,
     )
     await store.create(job)
-    log.info("job_accepted", job_id=job.id, template=template)
+    log.info("job_accepted", job_id=job.id, template=template, tags=tags or None)
     runner.start(job)
     return job
 
