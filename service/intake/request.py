@@ -112,38 +112,58 @@ def header_name(name: str) -> str:
     )
 
 
+class _HeaderEntry(str):
+    """A header's value on its way to _check_header, with its name and what the check needs of the others; a
+    str, so that a refusal's `input` shows the value as it was sent."""
+
+    name: str
+    spellings: list[str]
+    unsubscribe: Any
+
+
 def _pair_headers(value: Any) -> Any:
-    """{name: value} → {name: (name, value, every header)}, so that each entry is checked in its own place (a
-    refusal's `loc` names the header: ["body", "headers", name]) and can see the others."""
+    """Each value with its name, so that each header is checked in its own place: a refusal's `loc` names it,
+    ["body", "headers", name]."""
     if not isinstance(value, dict):
         return value
-    return {name: (name, header_value, value) for name, header_value in value.items()}
+    unsubscribe = next((v for k, v in value.items() if str(k).lower() == "list-unsubscribe"), None)
+    paired: dict[Any, Any] = {}
+    for name, header_value in value.items():
+        if not isinstance(header_value, str) or not isinstance(name, str):
+            paired[name] = header_value
+            continue
+        entry = paired[name] = _HeaderEntry(header_value)
+        entry.name = name
+        entry.spellings = [other for other in value if isinstance(other, str) and other.lower() == name.lower()]
+        entry.unsubscribe = unsubscribe
+    return paired
 
 
-def _check_header(entry: Any) -> str:
+def _check_header(value: Any) -> str:
     """One header of `headers`: its name allowed and not given twice, its value a single safe line."""
-    name, value, others = entry if isinstance(entry, tuple) else (None, entry, {})
-    if name is not None:
-        canonical = header_name(name)
-        same = [other for other in others if isinstance(other, str) and other.lower() == name.lower()]
-        if len(same) > 1:
-            raise ValueError(f"header {name!r} is given {len(same)} times ({', '.join(same)}): names ignore case")
     if not isinstance(value, str):
         raise ValueError("a header's value must be a string")
+    if isinstance(value, _HeaderEntry):
+        canonical = header_name(value.name)
+        if len(value.spellings) > 1:
+            raise ValueError(
+                f"header {value.name!r} is given {len(value.spellings)} times ({', '.join(value.spellings)}):"
+                " names ignore case"
+            )
     if not value.strip():
         raise ValueError("a header's value must not be empty")
     if len(value) > MAX_HEADER_VALUE:
         raise ValueError(f"a header's value is at most {MAX_HEADER_VALUE} characters (RFC 5322), not {len(value)}")
     reject_header_breakers(value)
-    if name is not None and canonical == "List-Unsubscribe" and not _URI_LIST.match(value):
-        raise ValueError("one or more URIs in angle brackets, e.g. `<https://example.com/unsubscribe/42>`")
-    if name is not None and canonical == "List-Unsubscribe-Post":
-        if value != ONE_CLICK:
-            raise ValueError(f"the only value RFC 8058 defines is `{ONE_CLICK}`")
-        unsubscribe = next((v for k, v in others.items() if str(k).lower() == "list-unsubscribe"), None)
-        if not isinstance(unsubscribe, str) or "<https://" not in unsubscribe.lower():
-            raise ValueError("one-click unsubscribe (RFC 8058) needs a List-Unsubscribe header with an https URI")
-    return value
+    if isinstance(value, _HeaderEntry):
+        if canonical == "List-Unsubscribe" and not _URI_LIST.match(value):
+            raise ValueError("one or more URIs in angle brackets, e.g. `<https://example.com/unsubscribe/42>`")
+        if canonical == "List-Unsubscribe-Post":
+            if value != ONE_CLICK:
+                raise ValueError(f"the only value RFC 8058 defines is `{ONE_CLICK}`")
+            if not isinstance(value.unsubscribe, str) or "<https://" not in value.unsubscribe.lower():
+                raise ValueError("one-click unsubscribe (RFC 8058) needs a List-Unsubscribe header with an https URI")
+    return str(value)
 
 
 def _canonical_headers(headers: dict[str, str]) -> dict[str, str]:
