@@ -74,9 +74,11 @@ async def test_a_job_keeps_its_tags_and_its_chunks_file_them(tmp_path: Path, out
 
     # As another process reads it (a restart resumes the job with the same tags).
     resumed = await another_job_store(outbox).get(job.id)
-    assert resumed is not None and resumed.tags == ["spring", "newsletter"]
+    assert resumed is not None
+    assert resumed.tags == ["spring", "newsletter"]
     assert await tagged_pages(outbox.notifications, "newsletter") == [["row 2"]]
     untagged = new_job(tmp_path)
     await outbox.jobs.create(untagged)
     stored = await outbox.jobs.get(untagged.id)
-    assert stored is not None and stored.tags == []
+    assert stored is not None
+    assert stored.tags == []
