@@ -4,6 +4,8 @@ given to a CSV job, and counted under METRIC_TAGS' bounded `tag` label."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +314,27 @@ def test_metric_tags_must_be_tags(tmp_path: Path) -> None:
         "billing",
     )
     assert Settings(_env_file=None).metric_tags() == ()  # type: ignore[call-arg]
+
+
+def documented_curl_body() -> dict[str, Any]:
+    """The JSON of docs/api.md's one-click unsubscribe `curl`, as the shell passes it."""
+    text = (Path(__file__).resolve().parents[2] / "docs/api.md").read_text(encoding="utf-8")
+    block = text.split("\n### Headers\n", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    [body] = re.findall(r"-d '([^']*)'", block)
+    parsed: dict[str, Any] = json.loads(body)
+    return parsed
+
+
+async def test_the_documented_one_click_curl_is_accepted_and_its_headers_sent(
+    service: Service, smtp_sink: SmtpSink
+) -> None:
+    body = documented_curl_body()
+
+    response = await service.post(**body)
+
+    assert response.status_code == 202, response.text
+    assert response.json()["tags"] == ["newsletter", "spring"]
+    await service.wait_for_status(response.json()["id"], "sent")
+    [received] = await smtp_sink.wait_for(1)
+    for name, header_value in body["headers"].items():
+        assert received.message[name].strip() == header_value, name
