@@ -38,8 +38,9 @@ ALLOWED_HEADERS = {
 }
 _X_HEADER = re.compile(r"^[Xx]-[!-9;-~]{1,62}$")
 MAX_HEADERS = 20
-# RFC 5322 2.1.1: a line is at most 998 characters; a longer value is folded, so this bounds the value alone.
-MAX_HEADER_VALUE = 998
+# RFC 5322 2.1.1: a line is at most 998 characters. A long ASCII value is folded only at its spaces (a URL is
+# never broken), so the whole header, name and value, must fit in one line.
+MAX_HEADER_LINE = 998
 # RFC 8058: one-click unsubscribe is this exact value, beside a List-Unsubscribe that holds an https URI.
 ONE_CLICK = "List-Unsubscribe=One-Click"
 _URI_LIST = re.compile(r"^\s*<[^<>\s]+>(?:\s*,\s*<[^<>\s]+>)*\s*$")
@@ -152,8 +153,11 @@ def _check_header(value: Any) -> str:
             )
     if not value.strip():
         raise ValueError("a header's value must not be empty")
-    if len(value) > MAX_HEADER_VALUE:
-        raise ValueError(f"a header's value is at most {MAX_HEADER_VALUE} characters (RFC 5322), not {len(value)}")
+    line = len(value) + (len(value.name) + 2 if isinstance(value, _HeaderEntry) else 0)
+    if line > MAX_HEADER_LINE:
+        raise ValueError(
+            f"a header's name, `: ` and value are at most {MAX_HEADER_LINE} characters together (RFC 5322), not {line}"
+        )
     reject_header_breakers(value)
     if isinstance(value, _HeaderEntry):
         if canonical == "List-Unsubscribe" and not _URI_LIST.match(value):
