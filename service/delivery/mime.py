@@ -13,8 +13,8 @@ import sys
 from email import policy
 from email.generator import BytesGenerator
 from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
-from email.policy import Policy
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import formatdate, parseaddr
 from io import BytesIO
 
