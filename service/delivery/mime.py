@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import formatdate, parseaddr
 from io import BytesIO
+from typing import cast
 
 from service.outbox import Notification
 
@@ -32,14 +33,22 @@ class _VerbatimHeader(UnstructuredHeader):
     URL with a token, into RFC 2047 encoded words, which hide the URI from a receiver. RFC 5322 allows lines of
     998 characters, and the intake keeps a value under that."""
 
-    def fold(self, *, policy: Policy) -> str:  # type: ignore[override]
-        value = str(self)
+    def fold(self, *, policy: Policy) -> str:
+        # A mixin, as the stdlib's header classes are: the registry makes the class with BaseHeader behind it.
+        header = cast(BaseHeader, self)
+        value = str(header)
         if not value.isascii():
-            return super().fold(policy=policy)
+            return BaseHeader.fold(header, policy=policy)
         limit = policy.max_line_length or 0
-        lines, line = [], f"{self.name}:"
+        lines, line = [], f"{header.name}:"
         for number, word in enumerate(value.split(" ")):
-            if number and word and limit and len(line) + 1 + len(word) > limit and line.strip(" \t") != f"{self.name}:":
+            if (
+                number
+                and word
+                and limit
+                and len(line) + 1 + len(word) > limit
+                and line.strip(" \t") != f"{header.name}:"
+            ):
                 lines.append(line)
                 line = ""
             line += f" {word}"
