@@ -105,8 +105,10 @@ class Metrics:
             registry=r,
         )
         # Every label value from the start, so a rate() sees the first increment and dashboards show 0.
+        # One child per label value, looked up once (as _http_children below): the sent counter moves on every send.
+        self._sent_children: dict[str, Counter] = {}
         for tag in ("", *metric_tags):
-            self.notifications_sent.labels(tag=tag)
+            self._sent_children[tag] = self.notifications_sent.labels(tag=tag)
             for reason in ("permanent", "attempts_exhausted"):
                 self.notifications_failed.labels(reason=reason, tag=tag)
         for result in ("sent", "transient_error", "permanent_error"):
@@ -141,7 +143,7 @@ class Metrics:
             self.send_attempts.labels(result="transient_error" if failure.transient else "permanent_error").inc()
 
     def count_sent(self, tags: Sequence[str] = ()) -> None:
-        self.notifications_sent.labels(tag=self.metric_tag(tags)).inc()
+        self._sent_children[self.metric_tag(tags)].inc()
 
     def count_failed(self, *, permanent: bool, tags: Sequence[str] = ()) -> None:
         reason = "permanent" if permanent else "attempts_exhausted"
