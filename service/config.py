@@ -5,6 +5,7 @@ Field names are the environment variables' names, so `grep SMTP_HOST` finds both
 
 from __future__ import annotations
 
+import re
 import ssl
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.domain import TAG_PATTERN
 
 # OUTBOX_URL may carry a password (postgresql://user:password@host/db).
 SECRET_FIELDS = frozenset({"SMTP_PASSWORD", "API_KEYS", "OUTBOX_URL"})
@@ -115,6 +118,26 @@ class Settings(BaseSettings):
     MAX_SCHEDULE_DAYS: float = Field(
         30, gt=0, le=3650, description="How far ahead a send_at may be; a later one is refused with 422."
     )
+
+    # Metrics
+    METRIC_TAGS: str = Field(
+        "",
+        description="Comma-separated tags that get their own `tag` label value on notifications_sent_total and"
+        ' notifications_failed_total; every other notification counts under tag="". Keeps the series bounded.',
+    )
+
+    @field_validator("METRIC_TAGS")
+    @classmethod
+    def _check_metric_tags(cls, value: str) -> str:
+        for tag in value.split(","):
+            tag = tag.strip()
+            if tag and not re.match(TAG_PATTERN, tag):
+                raise ValueError(f"{tag!r} is not a tag: 1 to 64 characters of a-z, 0-9, _ . -")
+        return value
+
+    def metric_tags(self) -> tuple[str, ...]:
+        """METRIC_TAGS as a list, each tag once, in the order given."""
+        return tuple(dict.fromkeys(tag.strip() for tag in self.METRIC_TAGS.split(",") if tag.strip()))
 
     # Logging
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")

@@ -27,6 +27,10 @@ UNSENT = (Status.QUEUED, Status.SENDING)
 
 # What POST /v1/notifications/{id}/cancel can stop: nothing has been tried for it yet, or it waits for a retry.
 CANCELABLE = (Status.SCHEDULED, Status.QUEUED)
+# A tag: what a notification is filed and counted under (`?tag=`, METRIC_TAGS). Short and plain, so it needs no
+# escaping in a URL, a Prometheus label or a CSV form field (where several are separated by commas).
+TAG_PATTERN = r"^[a-z0-9_.-]{1,64}$"
+MAX_TAGS = 10
 
 
 @dataclass(frozen=True, slots=True)

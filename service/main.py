@@ -52,7 +52,7 @@ log = structlog.get_logger("service")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings)
-    app_metrics = Metrics()
+    app_metrics = Metrics(settings.metric_tags())
     mail_templates = load_templates_or_exit(settings.TEMPLATES_DIR)
     check_dkim_or_exit(settings)
 

@@ -7,7 +7,7 @@ registry would refuse the second set of metrics with the same names.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -40,17 +40,25 @@ class QueueGauges(Protocol):
 class Metrics:
     """The metric objects of one app, and the calls the routes and the dispatcher make at each transition."""
 
-    def __init__(self) -> None:
+    def __init__(self, metric_tags: Sequence[str] = ()) -> None:
+        """`metric_tags` (METRIC_TAGS): the only tags that become a `tag` label value; any other counts under ""."""
         self.registry = CollectorRegistry()
         r = self.registry
+        self.metric_tags = frozenset(metric_tags)
         self.notifications_accepted = Counter(
             "notifications_accepted", "Notifications accepted (on disk, answered 202).", registry=r
         )
-        self.notifications_sent = Counter("notifications_sent", "Notifications the SMTP server took.", registry=r)
+        self.notifications_sent = Counter(
+            "notifications_sent",
+            'Notifications the SMTP server took, by their first tag listed in METRIC_TAGS (else tag="").',
+            ["tag"],
+            registry=r,
+        )
         self.notifications_failed = Counter(
             "notifications_failed",
-            "Notifications that ended failed: a permanent refusal, or MAX_ATTEMPTS transient failures.",
-            ["reason"],
+            "Notifications that ended failed: a permanent refusal, or MAX_ATTEMPTS transient failures; by their"
+            ' first tag listed in METRIC_TAGS (else tag="").',
+            ["reason", "tag"],
             registry=r,
         )
         self.send_attempts = Counter(
@@ -97,8 +105,12 @@ class Metrics:
             registry=r,
         )
         # Every label value from the start, so a rate() sees the first increment and dashboards show 0.
-        for reason in ("permanent", "attempts_exhausted"):
-            self.notifications_failed.labels(reason=reason)
+        # One child per label value, looked up once (as _http_children below): the sent counter moves on every send.
+        self._sent_children: dict[str, Counter] = {}
+        for tag in ("", *metric_tags):
+            self._sent_children[tag] = self.notifications_sent.labels(tag=tag)
+            for reason in ("permanent", "attempts_exhausted"):
+                self.notifications_failed.labels(reason=reason, tag=tag)
         for result in ("sent", "transient_error", "permanent_error"):
             self.send_attempts.labels(result=result)
         for status in Status:
@@ -113,17 +125,29 @@ class Metrics:
 
     # -- the dispatcher's transitions ---------------------------------------------------------------------
 
-    def observe_send(self, seconds: float, failure: SendFailed | None = None) -> None:
+    def metric_tag(self, tags: Sequence[str]) -> str:
+        """A notification's `tag` label: its first tag that METRIC_TAGS lists, else "" (bounded cardinality)."""
+        if self.metric_tags:
+            for tag in tags:
+                if tag in self.metric_tags:
+                    return tag
+        return ""
+
+    def observe_send(self, seconds: float, failure: SendFailed | None = None, *, tags: Sequence[str] = ()) -> None:
         """One send attempt ended: taken by the server (no failure), or refused / broken."""
         self.smtp_send_duration.observe(seconds)
         if failure is None:
             self.send_attempts.labels(result="sent").inc()
-            self.notifications_sent.inc()
+            self.count_sent(tags)
         else:
             self.send_attempts.labels(result="transient_error" if failure.transient else "permanent_error").inc()
 
-    def count_failed(self, *, permanent: bool) -> None:
-        self.notifications_failed.labels(reason="permanent" if permanent else "attempts_exhausted").inc()
+    def count_sent(self, tags: Sequence[str] = ()) -> None:
+        self._sent_children[self.metric_tag(tags)].inc()
+
+    def count_failed(self, *, permanent: bool, tags: Sequence[str] = ()) -> None:
+        reason = "permanent" if permanent else "attempts_exhausted"
+        self.notifications_failed.labels(reason=reason, tag=self.metric_tag(tags)).inc()
 
     def watch_dispatcher(self, running: Callable[[], bool]) -> None:
         self.dispatcher_running.set_function(lambda: 1.0 if running() else 0.0)

@@ -75,7 +75,7 @@ class Dispatcher:
     ) -> None:
         self.outbox = outbox
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(settings.metric_tags())
         self.connection_factory = self.metrics.track_connections(connection_factory)
         self.inflight = 0
         self.metrics.watch_inflight(lambda: self.inflight)
@@ -286,7 +286,7 @@ class Dispatcher:
                 )
                 await self._retry_recipients(notification, for_now, refused, self._bounces(taken.refused))
                 return
-            self.metrics.observe_send(time.perf_counter() - started)
+            self.metrics.observe_send(time.perf_counter() - started, tags=notification.tags)
             sent_at = time.time()
             await self._record(
                 notification,
@@ -391,7 +391,7 @@ class Dispatcher:
                 bounces=self._bounces(failure.refused),
             ),
         )
-        self.metrics.count_failed(permanent=not failure.transient)
+        self.metrics.count_failed(permanent=not failure.transient, tags=notification.tags)
         log.error(
             "notification_failed",
             attempts=notification.attempts,
@@ -420,7 +420,7 @@ class Dispatcher:
                 bounces=self._bounces(failure.refused),
             ),
         )
-        self.metrics.notifications_sent.inc()
+        self.metrics.count_sent(notification.tags)
         log.warning(
             "notification_sent", attempts=notification.attempts, refused=[r.to_json() for r in refused], partly=True
         )

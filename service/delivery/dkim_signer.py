@@ -18,8 +18,19 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, uti
 RSA_BITS = (2048, 4096)
 # Relaxed/relaxed survives what relays do to whitespace and header folding; simple breaks on a re-folded line.
 CANONICALIZE = (b"relaxed", b"relaxed")
-# Signed twice (when present), so that nobody can add a second one that a reader would show instead.
-OVERSIGNED = (b"from", b"to", b"cc", b"subject", b"reply-to", b"date", b"message-id")
+# Signed twice (when present), so that nobody can add a second one that a reader would show instead. RFC 8058
+# asks for List-Unsubscribe and List-Unsubscribe-Post in the signature: a receiver only offers one-click then.
+OVERSIGNED = (
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"reply-to",
+    b"date",
+    b"message-id",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+)
 
 
 class DkimKeyError(ValueError):

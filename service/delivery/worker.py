@@ -38,7 +38,7 @@ async def serve(settings: Settings, stdin_fd: int, events_fd: int) -> None:
     events, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(events_fd, "wb"))
     outbox = open_outbox(settings, lock=False)
     await outbox.open()
-    metrics = Metrics()
+    metrics = Metrics(settings.metric_tags())
     dispatcher = Dispatcher(outbox.notifications, settings, metrics=metrics)
     stop = asyncio.Event()
     # Told to stop by its parent only (stdin closed): a SIGTERM or Ctrl-C sent to the whole process group

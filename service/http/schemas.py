@@ -61,6 +61,10 @@ class NotificationStatus(BaseModel):
     refused_recipients: list[RefusedRecipient]
     request_id: str | None
     metadata: dict[str, str]
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="The request's own headers, as the mail carries them (docs/api.md#headers)"
+    )
+    tags: list[str] = Field(default_factory=list, description="The request's tags: `GET /v1/notifications?tag=`")
     history: list[HistoryItem] = Field(
         default_factory=list, description="Every attempt's outcome, oldest first; the newest 50 are kept"
     )

@@ -101,6 +101,8 @@ def build_notification(request: NotificationRequest, settings: Settings, request
         text=request.text,
         html=request.html,
         metadata=request.metadata,
+        headers=request.headers,
+        tags=request.tags,
         message_id=f"<{notification_id}@{domain}>",
         request_id=request_id,
         created_at=now,

@@ -180,6 +180,7 @@ class JobReader:
                 text=rendered.text,
                 html=rendered.html,
                 metadata={"job_id": self.job.id, "job_row": str(number)},
+                tags=self.job.tags,
             )
         except ValidationError as exc:
             raise ValueError(

@@ -9,7 +9,9 @@ from email.headerregistry import Address
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, model_validator
+
+from service.domain import MAX_TAGS, TAG_PATTERN
 
 # CR, LF and NUL, and every other character Python's str.splitlines() breaks a line at (VT, FF, FS, GS, RS,
 # NEL, U+2028, U+2029) or that is a control character: the email package refuses such a header value when
@@ -20,6 +22,29 @@ _HEADER_BREAKERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _ENCODED_WORD = re.compile(r"=\?.*\?=", re.DOTALL)
 _DISPLAY_NAME_FORM = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<addr>[^<>]*)>\s*$", re.DOTALL)
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# The headers a client may add (`headers`), by their lower-cased name, in the spelling the mail carries; and any
+# `X-` name of RFC 5322 ftext (printable ASCII but the colon). The mail's own headers (From, To, Subject, Date,
+# Message-ID, MIME) are never among them: no request can replace or repeat one.
+ALLOWED_HEADERS = {
+    name.lower(): name
+    for name in (
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Id",
+        "Auto-Submitted",
+        "Precedence",
+        "References",
+        "In-Reply-To",
+    )
+}
+_X_HEADER = re.compile(r"^[Xx]-[!-9;-~]{1,62}$")
+MAX_HEADERS = 20
+# RFC 5322 2.1.1: a line is at most 998 characters. A long ASCII value is folded only at its spaces (a URL is
+# never broken), so the whole header, name and value, must fit in one line.
+MAX_HEADER_LINE = 998
+# RFC 8058: one-click unsubscribe is this exact value, beside a List-Unsubscribe that holds an https URI.
+ONE_CLICK = "List-Unsubscribe=One-Click"
+_URI_LIST = re.compile(r"^\s*<[^<>\s]+>(?:\s*,\s*<[^<>\s]+>)*\s*$")
 # RFC 5321 4.5.3.1.1, in octets: email-validator's `strict` counts characters, so "ü" * 33 would pass it.
 LOCAL_PART_MAX_OCTETS = 64
 
@@ -97,6 +122,96 @@ SendAt = Annotated[
 ]
 
 
+def header_name(name: str) -> str:
+    """The name as the mail carries it: a listed one in its usual spelling, an `X-` one as given; ValueError
+    for any other."""
+    canonical = ALLOWED_HEADERS.get(name.lower())
+    if canonical is not None:
+        return canonical
+    if _X_HEADER.match(name):
+        return name
+    raise ValueError(
+        f"header {name!r} cannot be set: allowed are X-… names (printable ASCII, no colon, at most 64 characters)"
+        f" and {', '.join(ALLOWED_HEADERS.values())}"
+    )
+
+
+class _HeaderEntry(str):
+    """A header's value on its way to _check_header, with its name and what the check needs of the others; a
+    str, so that a refusal's `input` shows the value as it was sent."""
+
+    name: str
+    spellings: list[str]
+    unsubscribe: Any
+
+
+def _pair_headers(value: Any) -> Any:
+    """Each value with its name, so that each header is checked in its own place: a refusal's `loc` names it,
+    ["body", "headers", name]."""
+    if not isinstance(value, dict):
+        return value
+    unsubscribe = next((v for k, v in value.items() if str(k).lower() == "list-unsubscribe"), None)
+    paired: dict[Any, Any] = {}
+    for name, header_value in value.items():
+        if not isinstance(header_value, str) or not isinstance(name, str):
+            paired[name] = header_value
+            continue
+        entry = paired[name] = _HeaderEntry(header_value)
+        entry.name = name
+        entry.spellings = [other for other in value if isinstance(other, str) and other.lower() == name.lower()]
+        entry.unsubscribe = unsubscribe
+    return paired
+
+
+def _check_header(value: Any) -> str:
+    """One header of `headers`: its name allowed and not given twice, its value a single safe line."""
+    if not isinstance(value, str):
+        raise ValueError("a header's value must be a string")
+    if isinstance(value, _HeaderEntry):
+        canonical = header_name(value.name)
+        if len(value.spellings) > 1:
+            raise ValueError(
+                f"header {value.name!r} is given {len(value.spellings)} times ({', '.join(value.spellings)}):"
+                " names ignore case"
+            )
+    if not value.strip():
+        raise ValueError("a header's value must not be empty")
+    line = len(value) + (len(value.name) + 2 if isinstance(value, _HeaderEntry) else 0)
+    if line > MAX_HEADER_LINE:
+        raise ValueError(
+            f"a header's name, `: ` and value are at most {MAX_HEADER_LINE} characters together (RFC 5322), not {line}"
+        )
+    reject_header_breakers(value)
+    if isinstance(value, _HeaderEntry):
+        if canonical == "List-Unsubscribe" and not _URI_LIST.match(value):
+            raise ValueError("one or more URIs in angle brackets, e.g. `<https://example.com/unsubscribe/42>`")
+        if canonical == "List-Unsubscribe-Post":
+            if value != ONE_CLICK:
+                raise ValueError(f"the only value RFC 8058 defines is `{ONE_CLICK}`")
+            if not isinstance(value.unsubscribe, str) or "<https://" not in value.unsubscribe.lower():
+                raise ValueError("one-click unsubscribe (RFC 8058) needs a List-Unsubscribe header with an https URI")
+    return str(value)
+
+
+def _canonical_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {header_name(name): value for name, value in headers.items()}
+
+
+def _unique_tags(tags: list[str]) -> list[str]:
+    return list(dict.fromkeys(tags))
+
+
+def parse_tags(text: str) -> list[str]:
+    """Comma-separated tags (a CSV job's `tags` form field), checked like a request's `tags`; ValueError."""
+    tags = _unique_tags([tag.strip() for tag in text.split(",") if tag.strip()])
+    for tag in tags:
+        if not re.match(TAG_PATTERN, tag):
+            raise ValueError(f"{tag[:80]!r} is not a tag: 1 to 64 characters of a-z, 0-9, _ . -")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags, not {len(tags)}")
+    return tags
+
+
 EmailAddress = Annotated[
     str,
     Field(max_length=320, examples=["Ada Lovelace <ada@example.com>"]),
@@ -104,6 +219,9 @@ EmailAddress = Annotated[
 ]
 Subject = Annotated[str, Field(min_length=1, max_length=998), AfterValidator(reject_header_breakers)]
 MetadataKey = Annotated[str, AfterValidator(reject_header_breakers), Field(pattern=_METADATA_KEY.pattern)]
+HeaderValue = Annotated[str, PlainValidator(_check_header, json_schema_input_type=str)]
+Headers = Annotated[dict[str, HeaderValue], BeforeValidator(_pair_headers), AfterValidator(_canonical_headers)]
+Tag = Annotated[str, Field(pattern=TAG_PATTERN, examples=["welcome"])]
 
 
 class NotificationRequest(BaseModel):
@@ -121,6 +239,16 @@ class NotificationRequest(BaseModel):
     # No NUL in a value either: PostgreSQL cannot store one, and the failed write would be a 500.
     metadata: dict[MetadataKey, Annotated[str, Field(max_length=1024), AfterValidator(reject_nul)]] = Field(
         default_factory=dict, max_length=32
+    )
+    # More headers for the mail (docs/api.md#headers): X-… names and a few listed ones, e.g. List-Unsubscribe.
+    headers: Headers = Field(
+        default_factory=dict,
+        max_length=MAX_HEADERS,
+        examples=[{"List-Unsubscribe": "<https://example.com/unsubscribe/42>", "X-Campaign": "spring"}],
+    )
+    # What the notification is filed under: `GET /v1/notifications?tag=`, the metrics' `tag` label (METRIC_TAGS).
+    tags: Annotated[list[Tag], AfterValidator(_unique_tags)] = Field(
+        default_factory=list, max_length=MAX_TAGS, examples=[["welcome"]]
     )
     # The other form: a template's name and its variables, rendered into subject/text/html before the 202.
     template: str | None = Field(None, min_length=1, max_length=200, examples=["welcome"])

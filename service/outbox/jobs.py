@@ -36,6 +36,8 @@ class Job:
     csv_path: str
     created_at: float
     request_id: str | None = None
+    # Every row's notification gets these (the upload's `tags` field).
+    tags: list[str] = field(default_factory=list)
     status: str = RUNNING
     total_rows: int | None = None
     # The CSV row number (the header is row 1) of the last row turned into a notification or an error.
@@ -52,6 +54,15 @@ class Job:
     sent: int = 0
     failed: int = 0
     errors: list[RowError] = field(default_factory=list)
+
+
+def tags_column(tags: Sequence[str]) -> str | None:
+    """The jobs table's `tags` (migration 0008): comma-separated, which no tag contains."""
+    return ",".join(tags) or None
+
+
+def tags_from_column(value: str | None) -> list[str]:
+    return value.split(",") if value else []
 
 
 class JobStore(abc.ABC):

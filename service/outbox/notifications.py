@@ -28,6 +28,9 @@ class Notification:
     text: str | None = None
     html: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # The request's own headers for the mail (checked names, canonical spelling) and its tags (unique, in order).
+    headers: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
     request_id: str | None = None
     status: Status = Status.QUEUED
     attempts: int = 0
@@ -92,8 +95,9 @@ class NotificationStore(abc.ABC):
     async def get(self, notification_id: str) -> Notification | None: ...
 
     @abc.abstractmethod
-    async def page(self, *, status: Status | None, limit: int, cursor: str | None) -> Page:
-        """Notifications newest first; `cursor` is the `next_cursor` of the previous page."""
+    async def page(self, *, status: Status | None, limit: int, cursor: str | None, tag: str | None = None) -> Page:
+        """Notifications newest first; `cursor` is the `next_cursor` of the previous page. With `tag`, only those
+        tagged so (the notification_tags index of migration 0008)."""
 
     @abc.abstractmethod
     async def page_for_recipient(

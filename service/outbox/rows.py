@@ -12,21 +12,23 @@ from service.outbox.notifications import Notification
 
 
 def content_json(n: Notification) -> str:
-    return json.dumps(
-        {
-            "to": n.to,
-            "cc": n.cc,
-            "bcc": n.bcc,
-            "reply_to": n.reply_to,
-            "subject": n.subject,
-            "text": n.text,
-            "html": n.html,
-            "metadata": n.metadata,
-            "envelope": n.envelope,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    content: dict[str, Any] = {
+        "to": n.to,
+        "cc": n.cc,
+        "bcc": n.bcc,
+        "reply_to": n.reply_to,
+        "subject": n.subject,
+        "text": n.text,
+        "html": n.html,
+        "metadata": n.metadata,
+        "envelope": n.envelope,
+    }
+    # Only when given: most mail has neither, and every row stays as short as before.
+    if n.headers:
+        content["headers"] = n.headers
+    if n.tags:
+        content["tags"] = n.tags
+    return json.dumps(content, ensure_ascii=False, separators=(",", ":"))
 
 
 def refused_json(refused: Sequence[Refusal]) -> str:
@@ -74,6 +76,8 @@ def notification_from_row(row: Any) -> Notification:
         html=content["html"],
         metadata=content["metadata"],
         envelope=content.get("envelope"),
+        headers=content.get("headers") or {},
+        tags=content.get("tags") or [],
         message_id=row["message_id"],
         request_id=row["request_id"],
         attempts=row["attempts"],

@@ -96,3 +96,43 @@ def test_the_root_shows_the_activity_page(client: httpx.Client) -> None:
     assert response.url.path in ("/ui/", "/ui/login")
     assert "notification-service" in response.text
     assert "default-src 'none'" in response.headers["content-security-policy"]
+
+
+def test_one_click_unsubscribe_headers_arrive_in_the_inbox(client: httpx.Client) -> None:
+    # docs/api.md#headers, against the stack: the headers as MailHog (or Mailpit) received them.
+    token = uuid.uuid4().hex[:12]
+    address = f"smoke-headers-{token}@example.com"
+    headers = {
+        "List-Unsubscribe": f"<https://example.com/unsubscribe/{token}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        "X-Campaign": f"smoke-{token}",
+    }
+    response = client.post(
+        f"{NOTIFIER_URL}/v1/notifications",
+        json={"to": [address], "subject": f"Headers {token}", "text": "Hi.", "headers": headers, "tags": ["smoke"]},
+    )
+    assert response.status_code == 202, response.text
+
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not (received := headers_in_inbox(client, address)):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no mail to {address} in {DEADLINE_SECONDS:.0f}s")
+        time.sleep(0.2)
+    for name, value in headers.items():
+        assert received.get(name.lower()) == value, (name, received)
+    tagged = client.get(f"{NOTIFIER_URL}/v1/notifications", params={"tag": "smoke"}).json()
+    assert response.json()["id"] in [item["id"] for item in tagged["items"]]
+
+
+def headers_in_inbox(client: httpx.Client, address: str) -> dict[str, str]:
+    """The newest mail to `address`'s headers, by lower-cased name (first value); empty while there is none."""
+    response = client.get(f"{MAILHOG_URL}/api/v2/search", params={"kind": "to", "query": address})
+    if response.status_code == 200 and response.headers.get("content-type", "").startswith("application/json"):
+        items = response.json().get("items")
+        if items is not None:
+            return {name.lower(): values[0] for name, values in items[0]["Content"]["Headers"].items()} if items else {}
+    found = client.get(f"{MAILHOG_URL}/api/v1/search", params={"query": f"to:{address}"}).raise_for_status().json()
+    if not found["messages"]:
+        return {}
+    raw = client.get(f"{MAILHOG_URL}/api/v1/message/{found['messages'][0]['ID']}/headers").raise_for_status().json()
+    return {name.lower(): values[0] for name, values in raw.items()}

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from service.delivery.dkim_signer import OVERSIGNED, DkimSigner, load_key
 from service.delivery.smtp import SmtpConnection
+from service.intake.request import ONE_CLICK
 from tests.conftest import MAIL, make_settings, running
 from tests.delivery.test_smtp import MAILS, OptionsHandler
 from tests.smtp_sink import Received, SmtpSink, free_port
@@ -26,6 +27,8 @@ from tests.smtp_sink import Received, SmtpSink, free_port
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "example.com"
 SELECTOR = "notify2026"
+
+ONE_CLICK_HEADERS = {"List-Unsubscribe": "<https://example.com/unsubscribe/42>", "List-Unsubscribe-Post": ONE_CLICK}
 
 
 def write_key(path: Path, key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> Path:
@@ -105,6 +108,8 @@ async def test_every_mail_the_sink_receives_verifies_with_the_published_record(
         MAIL,
         {"to": ["Zoë <zoe@example.com>"], "cc": ["grace@example.com"], "subject": "Grüße", "text": "Hé", "html": "<b>"},
         {"to": ["ada@example.com"], "reply_to": "help@example.com", "subject": "x" * 200, "text": "a\n" * 500},
+        # RFC 8058: one-click unsubscribe counts only when both of its headers are signed.
+        {**MAIL, "to": ["list@example.com"], "headers": ONE_CLICK_HEADERS},
     ]
     async with running(settings) as service:
         for mail in mails:
@@ -128,6 +133,8 @@ async def test_every_mail_the_sink_receives_verifies_with_the_published_record(
     [with_reply_to] = [mail for mail in received if b"\r\nReply-To: " in mail.data]
     assert "cc" in signature_tags(with_cc.data)["h"].split(":")
     assert "reply-to" in signature_tags(with_reply_to.data)["h"].split(":")
+    [with_list] = smtp_sink.to("list@example.com")
+    assert {"list-unsubscribe", "list-unsubscribe-post"} <= set(signature_tags(with_list.data)["h"].split(":"))
 
 
 async def test_a_changed_mail_no_longer_verifies(key_file: Path, tmp_path: Path, smtp_sink: SmtpSink) -> None:

@@ -44,7 +44,7 @@ def test_the_parent_serves_the_childs_metrics_as_reported(tmp_path: Path) -> Non
     mirror = ipc.MetricsMirror.of(parent)
     assert ipc.MetricsMirror.of(parent) is mirror, "a second handle on the same app must not register twice"
     # Until the child reports, the parent's own (idle) values are served.
-    assert value(parse(generate_latest(parent.registry).decode()), "notifications_sent_total") == 0
+    assert value(parse(generate_latest(parent.registry).decode()), "notifications_sent_total", tag="") == 0
 
     child.observe_send(0.02)
     child.observe_send(0.03, DeliveryFailed("451 later", transient=True))
@@ -54,7 +54,7 @@ def test_the_parent_serves_the_childs_metrics_as_reported(tmp_path: Path) -> Non
     mirror.take(ipc.metrics_report(child))
 
     samples = parse(generate_latest(parent.registry).decode())
-    assert value(samples, "notifications_sent_total") == 1
+    assert value(samples, "notifications_sent_total", tag="") == 1
     assert value(samples, "notification_send_attempts_total", result="transient_error") == 1
     assert value(samples, "smtp_send_duration_seconds_count") == 2
     # What the HTTP process moves itself is still its own.

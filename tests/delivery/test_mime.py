@@ -105,6 +105,22 @@ CORPUS: dict[str, tuple[Notification, bool]] = {
     "comment-in-address": (notification(to=["ada@example.com (Ada)"]), False),
     "domain-literal": (notification(to=["ada@[127.0.0.1]"]), False),
     "group": (notification(to=["undisclosed-recipients:;"]), False),
+    "headers": (
+        notification(
+            headers={
+                "List-Unsubscribe": "<https://example.com/u/42>, <mailto:u@example.com>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                "X-Campaign": "spring-2026",
+            }
+        ),
+        True,
+    ),
+    "headers-with-html": (notification(html="<p>Hi</p>", headers={"Precedence": "bulk"}), True),
+    "header-query-string": (notification(headers={"List-Unsubscribe": "<https://example.com/u?id=42>"}), False),
+    "header-long": (notification(headers={"References": " ".join(f"<{i}@example.com>" for i in range(9))}), False),
+    "header-non-ascii": (notification(headers={"X-Team": "Équipe"}), False),
+    "header-lf": (notification(headers={"X-Note": "a\nBcc: eve@example.com"}), False),
+    "header-crlf-name": (notification(headers={"X-A\r\nBcc": "eve@example.com"}), False),
     "epoch": (notification(created_at=0.0), True),
     "year-9999": (notification(created_at=253402300799.0), True),
 }
@@ -235,6 +251,12 @@ def random_notification(rng: random.Random) -> Notification:
         subject=random_text(rng, rng.choice([0, 1, 10, 10, 30, 60, 68, 69, 70, 71, 100]), odd),
         text=text,
         html=html,
+        headers={
+            rng.choice(["X-Campaign", "List-Id", "References", f"X-{random_word(rng, 8)}"]): random_text(
+                rng, rng.choice([1, 10, 20, 40, 60, 100]), odd
+            )
+            for _ in range(rng.choice([0, 0, 0, 0, 0, 1, 2]))
+        },
         message_id=rng.choice(
             [f"<{uuid.UUID(int=rng.getrandbits(128))}@example.com>", f"<{random_text(rng, 20, odd)}@x.test>"]
         ),
@@ -258,6 +280,7 @@ def test_random_mail_is_either_declined_or_byte_identical() -> None:
         taken["display name"] += "<" in ", ".join(n.to)
         taken["line of 78"] += any(len(line) == 78 for line in (n.text or "").splitlines())
         taken["subject of 60+"] += len(n.subject) >= 60
+        taken["headers"] += bool(n.headers)
     # A generator that never reaches the fast path, or never its edges, proves nothing.
     assert taken["all"] > 300, taken
     assert min(taken.values()) >= 30, taken

@@ -46,7 +46,7 @@ async def test_mail_is_sent_by_another_process_woken_at_once_and_counted_in_metr
         assert body["smtp_reply"].startswith("250")
         assert [m.message["Subject"] for m in smtp_sink.received] == ["Hello"]
         # The child's metrics reach this process' /metrics within a snapshot or two.
-        await wait_for_metric(service, "notifications_sent_total", 1.0, timeout=5)
+        await wait_for_metric(service, "notifications_sent_total", 1.0, timeout=5, tag="")
         samples = await scrape(service)
         assert value(samples, "notification_send_attempts_total", result="sent") == 1
         assert value(samples, "smtp_send_duration_seconds_count") == 1

@@ -32,6 +32,10 @@ def injected(value: str, breaker: str) -> str:
         ("bcc", lambda b: {"bcc": [injected("hidden@example.com", b)]}),
         ("reply_to", lambda b: {"reply_to": f"{injected('Replies', b)} <r@example.com>"}),
         ("metadata key", lambda b: {"metadata": {injected("k", b): "v"}}),
+        ("headers value", lambda b: {"headers": {"X-Campaign": injected("spring", b)}}),
+        ("headers name", lambda b: {"headers": {injected("X-Campaign", b): "spring"}}),
+        ("List-Unsubscribe", lambda b: {"headers": {"List-Unsubscribe": injected("<https://e.com/u>", b)}}),
+        ("tags", lambda b: {"tags": [injected("welcome", b)]}),
     ],
 )
 async def test_line_breaks_in_header_fields_are_refused(
@@ -51,6 +55,7 @@ async def test_line_breaks_in_header_fields_are_refused(
         {"subject": "a =?UTF-8?B?aGkNCkJjYzogd0BhdHRhY2tlci5leGFtcGxl?= b"},
         {"to": ["=?utf-8?q?Ada=0D=0ABcc:_w@attacker.example?= <ada@example.com>"]},
         {"reply_to": '"=?utf-8?q?R=0ABcc:_w@attacker.example?=" <r@example.com>'},
+        {"headers": {"X-Campaign": "=?utf-8?q?x=0D=0ABcc:_w@attacker.example?="}},
     ],
 )
 async def test_encoded_words_are_refused(service: Service, smtp_sink: SmtpSink, fields: dict[str, Any]) -> None:

@@ -67,8 +67,8 @@ async def test_metrics_are_prometheus_text_with_every_metric(service: Service) -
     }
     samples = await scrape(service)
     # Every label value exists from the start, at 0, so rate() and dashboards see the first increment.
-    assert value(samples, "notifications_failed_total", reason="permanent") == 0
-    assert value(samples, "notifications_failed_total", reason="attempts_exhausted") == 0
+    assert value(samples, "notifications_failed_total", reason="permanent", tag="") == 0
+    assert value(samples, "notifications_failed_total", reason="attempts_exhausted", tag="") == 0
     for result in ("sent", "transient_error", "permanent_error"):
         assert value(samples, "notification_send_attempts_total", result=result) == 0
     for status in ("queued", "sending", "sent", "failed"):
@@ -83,7 +83,7 @@ def test_the_outbox_gauge_has_every_status_of_the_outbox_from_the_start() -> Non
 async def test_an_accepted_and_sent_notification_moves_its_counters(service: Service, smtp_sink: SmtpSink) -> None:
     response = await service.post(**MAIL)
     await service.wait_for_status(response.json()["id"], "sent")
-    await wait_for_metric(service, "notifications_sent_total", 1)
+    await wait_for_metric(service, "notifications_sent_total", 1, tag="")
 
     samples = await scrape(service)
     assert value(samples, "notifications_accepted_total") == 1
@@ -103,12 +103,12 @@ async def test_a_550_counts_a_permanent_failure(service: Service, smtp_sink: Smt
 
     response = await service.post(**MAIL)
     await service.wait_for_status(response.json()["id"], "failed")
-    await wait_for_metric(service, "notifications_failed_total", 1, reason="permanent")
+    await wait_for_metric(service, "notifications_failed_total", 1, reason="permanent", tag="")
 
     samples = await scrape(service)
     assert value(samples, "notification_send_attempts_total", result="permanent_error") == 1
-    assert value(samples, "notifications_failed_total", reason="attempts_exhausted") == 0
-    assert value(samples, "notifications_sent_total") == 0
+    assert value(samples, "notifications_failed_total", reason="attempts_exhausted", tag="") == 0
+    assert value(samples, "notifications_sent_total", tag="") == 0
     assert value(samples, "outbox_notifications", status="failed") == 1
 
 
@@ -117,13 +117,13 @@ async def test_a_451_counts_a_transient_error_then_a_send(service: Service, smtp
 
     response = await service.post(**MAIL)
     await service.wait_for_status(response.json()["id"], "sent")
-    await wait_for_metric(service, "notifications_sent_total", 1)
+    await wait_for_metric(service, "notifications_sent_total", 1, tag="")
 
     samples = await scrape(service)
     assert value(samples, "notification_send_attempts_total", result="transient_error") == 1
     assert value(samples, "notification_send_attempts_total", result="sent") == 1
     assert value(samples, "smtp_send_duration_seconds_count") == 2
-    assert value(samples, "notifications_failed_total", reason="permanent") == 0
+    assert value(samples, "notifications_failed_total", reason="permanent", tag="") == 0
 
 
 async def test_transient_errors_until_max_attempts_count_as_exhausted(tmp_path: Path, smtp_sink: SmtpSink) -> None:
@@ -132,11 +132,11 @@ async def test_transient_errors_until_max_attempts_count_as_exhausted(tmp_path: 
     async with running(make_settings(tmp_path, smtp_sink.port, MAX_ATTEMPTS=2)) as service:
         response = await service.post(**MAIL)
         await service.wait_for_status(response.json()["id"], "failed")
-        await wait_for_metric(service, "notifications_failed_total", 1, reason="attempts_exhausted")
+        await wait_for_metric(service, "notifications_failed_total", 1, reason="attempts_exhausted", tag="")
 
         samples = await scrape(service)
     assert value(samples, "notification_send_attempts_total", result="transient_error") == 2
-    assert value(samples, "notifications_failed_total", reason="permanent") == 0
+    assert value(samples, "notifications_failed_total", reason="permanent", tag="") == 0
 
 
 async def test_a_waiting_notification_shows_in_the_queue_gauges(tmp_path: Path, unreachable_port: int) -> None:
@@ -199,7 +199,7 @@ async def test_mail_from_a_csv_job_counts_as_accepted_like_any_other(service: Se
     assert response.status_code == 202, response.text
 
     await smtp_sink.wait_for(2)
-    await wait_for_metric(service, "notifications_sent_total", 2)
+    await wait_for_metric(service, "notifications_sent_total", 2, tag="")
     assert value(await scrape(service), "notifications_accepted_total") == 2
 
 

@@ -26,7 +26,7 @@ from service.config import Settings
 from service.http.deps import SettingsDep, TemplatesDep
 from service.intake.accept import scheduled_for
 from service.intake.csv_jobs import CsvRejected, JobRunner, read_header
-from service.intake.request import SendAt
+from service.intake.request import SendAt, parse_tags
 from service.intake.templates import Templates
 from service.outbox.errors import OutboxUnavailable
 from service.outbox.jobs import Job, JobStore
@@ -65,6 +65,7 @@ class JobStatus(BaseModel):
     id: str
     status: str
     template: str
+    tags: list[str] = Field(default_factory=list, description="Every row's notification carries these tags")
     total_rows: int | None
     rows_done: int
     accepted: int
@@ -85,6 +86,7 @@ def to_job_status(job: Job) -> JobStatus:
         id=job.id,
         status=job.status,
         template=job.template,
+        tags=job.tags,
         total_rows=job.total_rows,
         rows_done=job.rows_done,
         accepted=job.accepted,
@@ -231,6 +233,10 @@ async def receive_upload(request: Request, path: Path, max_bytes: int) -> tuple[
                                 "format": "date-time",
                                 "description": "RFC 3339 with an offset: every row is scheduled for it",
                             },
+                            "tags": {
+                                "type": "string",
+                                "description": "Comma-separated tags for every row's notification, e.g. welcome,spring",
+                            },
                         },
                     }
                 }
@@ -283,6 +289,10 @@ async def receive_job(
             raise _invalid("template", f"no template {template!r} (known: {', '.join(templates.names()) or 'none'})")
         send_at = _job_send_at(fields.get("send_at", "").strip(), settings)
         try:
+            tags = parse_tags(fields.get("tags", ""))
+        except ValueError as exc:
+            raise _invalid("tags", str(exc)) from None
+        try:
             await asyncio.to_thread(read_header, path)
         except CsvRejected as exc:
             raise _invalid("file", str(exc)) from None
@@ -296,9 +306,10 @@ async def receive_job(
         created_at=time.time(),
         request_id=request.state.request_id,
         send_at=send_at,
+        tags=tags,
     )
     await store.create(job)
-    log.info("job_accepted", job_id=job.id, template=template)
+    log.info("job_accepted", job_id=job.id, template=template, tags=tags or None)
     runner.start(job)
     return job
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
 
-from service.domain import Status
+from service.domain import TAG_PATTERN, Status
 from service.http.deps import Accepting, DispatcherDep, NotificationStoreDep
 from service.http.idempotency import (
     ACCEPTING_RESPONSES,
@@ -50,6 +50,8 @@ def to_status(n: Notification) -> NotificationStatus:
         refused_recipients=[RefusedRecipient(**r.to_json()) for r in n.refused_recipients],
         request_id=n.request_id,
         metadata=n.metadata,
+        headers=n.headers,
+        tags=n.tags,
         history=[
             HistoryItem(
                 at=datetime.fromtimestamp(h.at, UTC), outcome=h.outcome, smtp_code=h.smtp_code, message=h.message
@@ -104,8 +106,9 @@ async def list_notifications(
     status_: Annotated[StatusField | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
+    tag: Annotated[str | None, Query(pattern=TAG_PATTERN, description="Only notifications with this tag")] = None,
 ) -> NotificationPage:
-    page = await outbox.page(status=None if status_ is None else Status(status_), limit=limit, cursor=cursor)
+    page = await outbox.page(status=None if status_ is None else Status(status_), limit=limit, cursor=cursor, tag=tag)
     return NotificationPage(items=[to_status(n) for n in page.items], next_cursor=page.next_cursor)
 
 

@@ -17,7 +17,7 @@ import asyncpg
 
 from service.domain import Status
 from service.outbox.errors import OutboxUnavailable
-from service.outbox.jobs import RUNNING, Job, JobStore, JobTaken, RowError
+from service.outbox.jobs import RUNNING, Job, JobStore, JobTaken, RowError, tags_column, tags_from_column
 from service.outbox.notifications import Notification
 from service.outbox.postgres.database import PostgresDatabase, redact
 from service.outbox.postgres.notifications import insert_notifications
@@ -27,12 +27,13 @@ JOB_LOCK_CLASS = 0x6A6F62  # "job"
 
 _JOB_COLUMNS = (
     "id, status, template, csv_path, request_id, total_rows, rows_done, accepted, rejected, reason,"
-    " created_at, finished_at, send_at"
+    " created_at, finished_at, send_at, tags"
 )
 
 
 def _job(row: asyncpg.Record) -> Job:
-    return Job(**dict(row.items()))
+    values = dict(row.items())
+    return Job(**{**values, "tags": tags_from_column(values["tags"])})
 
 
 async def _counted(conn: asyncpg.Connection, job: Job) -> Job:
@@ -96,7 +97,8 @@ class PostgresJobStore(JobStore):
     async def create(self, job: Job) -> None:
         async with self.database.connection() as conn:
             await conn.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                f"INSERT INTO jobs ({_JOB_COLUMNS})"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 job.id,
                 job.status,
                 job.template,
@@ -110,6 +112,7 @@ class PostgresJobStore(JobStore):
                 job.created_at,
                 job.finished_at,
                 job.send_at,
+                tags_column(job.tags),
             )
         await self._lock(job.id)
 

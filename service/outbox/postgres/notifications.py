@@ -81,6 +81,15 @@ async def insert_notifications(
             for n in notifications
         ],
     )
+    # The tags, for `?tag=` (migration 0008): each (id, tag) pair finds its row's seq by the id's unique index.
+    tagged = [(n.id, tag) for n in notifications for tag in n.tags]
+    if tagged:
+        await conn.execute(
+            "INSERT INTO notification_tags (tag, seq) SELECT pair.tag, n.seq"
+            " FROM unnest($1::text[], $2::text[]) AS pair (id, tag) JOIN notifications AS n ON n.id = pair.id",
+            [notification_id for notification_id, _ in tagged],
+            [tag for _, tag in tagged],
+        )
     # Delivered to every listener when (and only if) the transaction commits.
     await conn.execute(f"NOTIFY {CHANNEL}")
 
@@ -119,17 +128,29 @@ class PostgresNotificationStore(NotificationStore):
             row = await conn.fetchrow(f"SELECT {COLUMNS} FROM notifications WHERE id = $1", notification_id)
         return notification_from_row(row) if row else None
 
-    async def page(self, *, status: Status | None, limit: int, cursor: str | None) -> Page:
+    async def page(self, *, status: Status | None, limit: int, cursor: str | None, tag: str | None = None) -> Page:
         before = int(cursor) if cursor else None
         async with self.database.connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT {COLUMNS} FROM notifications"
-                " WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR seq < $2)"
-                " ORDER BY seq DESC LIMIT $3",
-                status,
-                before,
-                limit + 1,
-            )
+            if tag is None:
+                rows = await conn.fetch(
+                    f"SELECT {COLUMNS} FROM notifications"
+                    " WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR seq < $2)"
+                    " ORDER BY seq DESC LIMIT $3",
+                    status,
+                    before,
+                    limit + 1,
+                )
+            else:
+                # Down the (tag, seq) primary key, newest first; each row by its seq.
+                rows = await conn.fetch(
+                    f"SELECT {_RETURNING} FROM notification_tags AS t JOIN notifications AS n ON n.seq = t.seq"
+                    " WHERE t.tag = $4 AND ($1::text IS NULL OR n.status = $1) AND ($2::bigint IS NULL OR t.seq < $2)"
+                    " ORDER BY t.seq DESC LIMIT $3",
+                    status,
+                    before,
+                    limit + 1,
+                    tag,
+                )
         items = [notification_from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
         return Page(items=items, next_cursor=str(items[-1].seq) if more and items else None)

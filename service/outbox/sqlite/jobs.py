@@ -10,19 +10,20 @@ import sqlite3
 from collections.abc import Sequence
 
 from service.domain import Status
-from service.outbox.jobs import RUNNING, Job, JobStore, JobTaken, RowError
+from service.outbox.jobs import RUNNING, Job, JobStore, JobTaken, RowError, tags_column, tags_from_column
 from service.outbox.notifications import Notification
 from service.outbox.sqlite.database import SqliteDatabase
 from service.outbox.sqlite.notifications import insert_notifications
 
 _JOB_COLUMNS = (
     "id, status, template, csv_path, request_id, total_rows, rows_done, accepted, rejected, reason,"
-    " created_at, finished_at, send_at"
+    " created_at, finished_at, send_at, tags"
 )
 
 
 def _job(row: sqlite3.Row) -> Job:
-    return Job(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row is not a mapping
+    values = {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a mapping
+    return Job(**{**values, "tags": tags_from_column(values["tags"])})
 
 
 def _counted(db: sqlite3.Connection, job: Job) -> Job:
@@ -46,7 +47,7 @@ class SqliteJobStore(JobStore):
             db.execute(
                 f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES"
                 " (:id, :status, :template, :csv_path, :request_id, :total_rows, :rows_done, :accepted, :rejected,"
-                " :reason, :created_at, :finished_at, :send_at)",
+                " :reason, :created_at, :finished_at, :send_at, :tags)",
                 {
                     "id": job.id,
                     "status": job.status,
@@ -61,6 +62,7 @@ class SqliteJobStore(JobStore):
                     "created_at": job.created_at,
                     "finished_at": job.finished_at,
                     "send_at": job.send_at,
+                    "tags": tags_column(job.tags),
                 },
             )
 

@@ -103,6 +103,21 @@ def insert_notifications(
                 n.send_at,
             )
         db.execute(_INSERT + ", ".join([_INSERT_ROW] * len(chunk)), params)
+    insert_tags(db, notifications)
+
+
+# Each (id, tag) pair finds its row's seq by the id's unique index: one statement for the whole insert.
+_INSERT_TAGS = (
+    "INSERT INTO notification_tags (tag, seq) SELECT json_extract(pair.value, '$[1]'), n.seq"
+    " FROM json_each(?) AS pair JOIN notifications AS n ON n.id = json_extract(pair.value, '$[0]')"
+)
+
+
+def insert_tags(db: sqlite3.Connection, notifications: Sequence[Notification]) -> None:
+    """The tags of just-inserted notifications, for `?tag=` (migration 0008); nothing when none has tags."""
+    pairs = [(n.id, tag) for n in notifications for tag in n.tags]
+    if pairs:
+        db.execute(_INSERT_TAGS, (json.dumps(pairs),))
 
 
 def count_unsent(db: sqlite3.Connection) -> int:
@@ -170,16 +185,27 @@ class SqliteNotificationStore(NotificationStore):
 
         return await self.database.read(get)
 
-    async def page(self, *, status: Status | None, limit: int, cursor: str | None) -> Page:
+    async def page(self, *, status: Status | None, limit: int, cursor: str | None, tag: str | None = None) -> Page:
         before = int(cursor) if cursor else None
+        params = {"status": status, "before": before, "limit": limit + 1, "tag": tag}
 
         def page(db: sqlite3.Connection) -> Page:
-            rows = db.execute(
-                f"SELECT {COLUMNS} FROM notifications"
-                " WHERE (:status IS NULL OR status = :status) AND (:before IS NULL OR seq < :before)"
-                " ORDER BY seq DESC LIMIT :limit",
-                {"status": status, "before": before, "limit": limit + 1},
-            ).fetchall()
+            if tag is None:
+                rows = db.execute(
+                    f"SELECT {COLUMNS} FROM notifications"
+                    " WHERE (:status IS NULL OR status = :status) AND (:before IS NULL OR seq < :before)"
+                    " ORDER BY seq DESC LIMIT :limit",
+                    params,
+                ).fetchall()
+            else:
+                # Down the (tag, seq) index, newest first; each row by its primary key.
+                rows = db.execute(
+                    f"SELECT {COLUMNS} FROM notification_tags AS t JOIN notifications USING (seq)"
+                    " WHERE t.tag = :tag AND (:before IS NULL OR t.seq < :before)"
+                    " AND (:status IS NULL OR status = :status)"
+                    " ORDER BY t.seq DESC LIMIT :limit",
+                    params,
+                ).fetchall()
             items = [notification_from_row(row) for row in rows[:limit]]
             more = len(rows) > limit
             return Page(items=items, next_cursor=str(items[-1].seq) if more and items else None)

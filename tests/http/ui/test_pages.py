@@ -134,6 +134,17 @@ async def test_a_notification_page_shows_its_envelope_headers_and_ids(service: S
     assert f'src="/ui/notifications/{created["id"]}/html" sandbox=""' in page.text
 
 
+async def test_a_notification_page_shows_its_tags_and_its_own_headers(service: Service) -> None:
+    headers = {"List-Unsubscribe": "<https://example.com/u/1>", "X-Campaign": "spring"}
+    created = (await service.post(**MAIL, headers=headers, tags=["welcome", "spring"])).json()
+
+    text = text_of(await service.client.get(f"/ui/notifications/{created['id']}"))
+
+    assert "tags welcome spring" in text
+    assert "List-Unsubscribe <https://example.com/u/1>" in text
+    assert "X-Campaign spring" in text
+
+
 async def test_a_notification_page_shows_every_attempt_from_its_history(service: Service, smtp_sink: SmtpSink) -> None:
     smtp_sink.handler.data_replies.append("451 4.3.0 try again later")
     created = (await service.post(**MAIL)).json()
