@@ -112,6 +112,10 @@ class Settings(BaseSettings):
 
     # Request limits
     MAX_RECIPIENTS: int = Field(50, ge=1, le=1000, description="Most addresses in to+cc+bcc together.")
+    MAX_ATTACHMENTS: int = Field(10, ge=0, le=100, description="Most attachments of one notification.")
+    MAX_ATTACHMENT_BYTES: int = Field(
+        10_485_760, ge=0, description="Most bytes of one notification's attachments together, decoded; more is 413."
+    )
 
     # Logging
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
@@ -125,7 +129,10 @@ class Settings(BaseSettings):
         description="Comma-separated bearer keys for /v1 and the tutorial routes; empty leaves the API open.",
     )
     MAX_BODY_BYTES: int = Field(
-        1_048_576, ge=1024, description="Largest request body; checked while it streams, before it is parsed."
+        16_777_216,
+        ge=1024,
+        description="Largest request body; checked while it streams, before it is parsed. Fits"
+        " MAX_ATTACHMENT_BYTES in base64 (4/3 of it) and the rest of the JSON.",
     )
     QUEUE_LIMIT: int = Field(
         100_000, ge=1, description="Most notifications not yet sent (queued + sending); past it POST answers 429."

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from service.intake.attachments import MAX_ATTACHMENTS_CEILING, Attachment
+
 # CR, LF and NUL, and every other character Python's str.splitlines() breaks a line at (VT, FF, FS, GS, RS,
 # NEL, U+2028, U+2029) or that is a control character: the email package refuses such a header value when
 # the mail is built, long after the 202, so they are refused here instead. Tab stays allowed.
@@ -99,6 +101,8 @@ class NotificationRequest(BaseModel):
     metadata: dict[MetadataKey, Annotated[str, Field(max_length=1024), AfterValidator(reject_nul)]] = Field(
         default_factory=dict, max_length=32
     )
+    # Files, and inline images by Content-ID; at most MAX_ATTACHMENTS, decoded at build (intake/attachments.py).
+    attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS_CEILING)
     # The other form: a template's name and its variables, rendered into subject/text/html before the 202.
     template: str | None = Field(None, min_length=1, max_length=200, examples=["welcome"])
     data: dict[str, Any] | None = Field(None, examples=[{"first_name": "Ada"}])

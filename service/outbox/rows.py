@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.domain import HistoryEntry, Outcome, Refusal, Status
-from service.outbox.notifications import Notification
+from service.outbox.notifications import AttachmentInfo, Notification
 
 
 def content_json(n: Notification) -> str:
@@ -23,6 +23,8 @@ def content_json(n: Notification) -> str:
             "html": n.html,
             "metadata": n.metadata,
             "envelope": n.envelope,
+            # Metadata only: the bytes are in the attachments table (attachment_rows).
+            **({"attachments": [a.to_json() for a in n.attachments]} if n.attachments else {}),
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -75,4 +77,10 @@ def notification_from_row(row: Any) -> Notification:
         sent_at=row["sent_at"],
         next_attempt_at=row["next_attempt_at"],
         history=history_from_json(row["history"]),
+        attachments=[AttachmentInfo.from_json(a) for a in content.get("attachments", ())],
     )
+
+
+def attachment_rows(notifications: Sequence[Notification]) -> list[tuple[str, int, bytes]]:
+    """The attachments table's rows of new notifications: (notification_id, position, data)."""
+    return [(n.id, position, data) for n in notifications for position, data in enumerate(n.attachment_data)]

@@ -20,7 +20,13 @@ from service.outbox.notifications import Notification, NotificationStore, Page
 from service.outbox.postgres.database import CHANNEL, PostgresDatabase
 from service.outbox.postgres.idempotency import insert_record
 from service.outbox.postgres.suppressions import record_bounces
-from service.outbox.rows import content_json, history_entry_json, notification_from_row, refused_json
+from service.outbox.rows import (
+    attachment_rows,
+    content_json,
+    history_entry_json,
+    notification_from_row,
+    refused_json,
+)
 
 COLUMNS = (
     "seq, id, status, content, message_id, request_id, attempts, last_error, smtp_reply, refused,"
@@ -71,6 +77,11 @@ async def insert_notifications(
             for n in notifications
         ],
     )
+    attachments = attachment_rows(notifications)
+    if attachments:
+        await conn.executemany(
+            "INSERT INTO attachments (notification_id, position, data) VALUES ($1, $2, $3)", attachments
+        )
     # Delivered to every listener when (and only if) the transaction commits.
     await conn.execute(f"NOTIFY {CHANNEL}")
 
@@ -155,6 +166,13 @@ class PostgresNotificationStore(NotificationStore):
             seen=window["seen"],
             scan=scan,
         )
+
+    async def attachment_data(self, notification_id: str) -> list[bytes]:
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT data FROM attachments WHERE notification_id = $1 ORDER BY position", notification_id
+            )
+        return [row["data"] for row in rows]
 
     async def next_due_at(self) -> float | None:
         # A claim whose lease runs out is due then too: its replica may be gone.

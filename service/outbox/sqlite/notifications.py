@@ -18,7 +18,13 @@ from service.domain import HISTORY_LIMIT, Bounce, Outcome, Refusal, Status, repl
 from service.outbox.errors import IdempotencyKeyTaken, OutboxUnavailable, QueueFull
 from service.outbox.idempotency import IdempotencyRecord
 from service.outbox.notifications import Notification, NotificationStore, Page
-from service.outbox.rows import content_json, history_entry_json, notification_from_row, refused_json
+from service.outbox.rows import (
+    attachment_rows,
+    content_json,
+    history_entry_json,
+    notification_from_row,
+    refused_json,
+)
 from service.outbox.sqlite.database import SqliteDatabase
 from service.outbox.sqlite.idempotency import insert_record
 from service.outbox.sqlite.suppressions import record_bounces
@@ -93,6 +99,10 @@ def insert_notifications(
                 refused_json(n.refused_recipients) if n.refused_recipients else None,
             )
         db.execute(_INSERT + ", ".join([_INSERT_ROW] * len(chunk)), params)
+    # Few, and large: one row each, executemany's GIL cost is nothing beside copying megabytes.
+    attachments = attachment_rows(notifications)
+    if attachments:
+        db.executemany("INSERT INTO attachments (notification_id, position, data) VALUES (?, ?, ?)", attachments)
 
 
 def count_unsent(db: sqlite3.Connection) -> int:
@@ -212,6 +222,15 @@ class SqliteNotificationStore(NotificationStore):
             )
 
         return await self.database.read(search)
+
+    async def attachment_data(self, notification_id: str) -> list[bytes]:
+        def read(db: sqlite3.Connection) -> list[bytes]:
+            rows = db.execute(
+                "SELECT data FROM attachments WHERE notification_id = ? ORDER BY position", (notification_id,)
+            ).fetchall()
+            return [bytes(row[0]) for row in rows]
+
+        return await self.database.read(read)
 
     async def next_due_at(self) -> float | None:
         def next_due(db: sqlite3.Connection) -> float | None:
