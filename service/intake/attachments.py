@@ -82,7 +82,7 @@ class Attachment(BaseModel):
 def decoded_size(content: str) -> int:
     """How many bytes `content` decodes to, from its length and padding alone (nothing is decoded)."""
     padding = 2 if content.endswith("==") else 1 if content.endswith("=") else 0
-    return len(content) * 3 // 4 - padding
+    return max(0, len(content) * 3 // 4 - padding)
 
 
 class AttachmentsTooLarge(HTTPException):
