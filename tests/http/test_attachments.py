@@ -219,3 +219,17 @@ async def test_ten_mib_of_attachments_fit_in_the_default_body_limit(service: Ser
     await service.wait_for_status(response.json()["id"], "sent", timeout=30)
     [attachment] = smtp_sink.received[0].message.iter_attachments()
     assert attachment.get_content() == big
+
+
+async def test_a_refusal_does_not_echo_the_attachments_content(service: Service) -> None:
+    no_body = {"to": ["ada@example.com"], "subject": "No body"}
+    whole = await service.post(**no_body, attachments=[invoice()])
+    one = await service.post(**MAIL, attachments=[{k: v for k, v in invoice().items() if k != "filename"}])
+    batch = await service.client.post(
+        "/v1/notifications/batch", json={"notifications": [{**no_body, "attachments": [invoice()]}]}
+    )
+
+    for response in (whole, one, batch):
+        assert response.status_code in (202, 422), response.text
+        assert b64(PDF)[:300] not in response.text
+        assert f"<{len(b64(PDF))} characters, not echoed>" in response.text
