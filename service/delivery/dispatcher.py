@@ -225,6 +225,9 @@ class Dispatcher:
                     continue
                 self.inflight += 1
                 try:
+                    if notification.attachments:
+                        # Read for this send only (a claim never reads them), and let go of once it is over.
+                        notification.attachment_data = await self.outbox.attachment_data(notification.id)
                     await self._deliver(connection, notification)
                 except Exception:
                     # A bug must cost one attempt of one mail, never a worker: the mail goes back to the queue
@@ -235,6 +238,7 @@ class Dispatcher:
                         notification, SendFailed("internal error while sending (see the logs)", transient=True)
                     )
                 finally:
+                    notification.attachment_data = []
                     self.inflight -= 1
         finally:
             if self._stopping and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
@@ -246,75 +250,66 @@ class Dispatcher:
         with structlog.contextvars.bound_contextvars(
             notification_id=notification.id, request_id=notification.request_id
         ):
-            if notification.attachments:
-                # Read for this send only (a claim never reads them), and let go of once it is over.
-                notification.attachment_data = await self.outbox.attachment_data(notification.id)
+            log.info("notification_sending", attempt=notification.attempts)
+            started = time.perf_counter()
             try:
-                await self._send_and_record(connection, notification)
-            finally:
-                notification.attachment_data = []
-
-    async def _send_and_record(self, connection: SmtpConnection, notification: Notification) -> None:
-        log.info("notification_sending", attempt=notification.attempts)
-        started = time.perf_counter()
-        try:
-            outcome: SendOutcome = await connection.send(notification)
-        except DeliveryFailed as failed:
-            outcome = failed.outcome
-            # A throttling reply slows the whole instance down (pacing.py): it reads the server's own error.
-            self.pacer.after_failure(failed.__cause__, started)
-        except asyncio.CancelledError:
-            # Shutdown ran out of grace mid-send: whether the server took it is unknown, so it goes back
-            # to the queue and may be sent twice (at-least-once), rather than being lost.
-            await asyncio.shield(
-                self._record(
-                    notification,
-                    lambda: self.outbox.mark_retry(
-                        notification.id,
-                        error="interrupted by shutdown",
-                        next_attempt_at=time.time(),
-                        now=time.time(),
-                        attempt=notification.attempts,
-                        outcome=Outcome.INTERRUPTED,
-                    ),
+                outcome: SendOutcome = await connection.send(notification)
+            except DeliveryFailed as failed:
+                outcome = failed.outcome
+                # A throttling reply slows the whole instance down (pacing.py): it reads the server's own error.
+                self.pacer.after_failure(failed.__cause__, started)
+            except asyncio.CancelledError:
+                # Shutdown ran out of grace mid-send: whether the server took it is unknown, so it goes back
+                # to the queue and may be sent twice (at-least-once), rather than being lost.
+                await asyncio.shield(
+                    self._record(
+                        notification,
+                        lambda: self.outbox.mark_retry(
+                            notification.id,
+                            error="interrupted by shutdown",
+                            next_attempt_at=time.time(),
+                            now=time.time(),
+                            attempt=notification.attempts,
+                            outcome=Outcome.INTERRUPTED,
+                        ),
+                    )
                 )
+                raise
+            if isinstance(outcome, SendFailed):
+                self.metrics.observe_send(time.perf_counter() - started, outcome)
+                await self._record_failure(notification, outcome)
+                return
+            taken = outcome
+            # Refusals of earlier attempts that are final stay on record beside this attempt's.
+            refused = [*refused_for_good(notification.refused_recipients), *taken.refused]
+            for_now = refused_for_now(taken.refused)
+            if for_now and notification.attempts < self.settings.MAX_ATTEMPTS:
+                # Not sent yet, as far as the counters go: the notification is sent once every recipient is.
+                self.metrics.observe_send(
+                    time.perf_counter() - started, SendFailed("recipients refused for now", transient=True)
+                )
+                await self._retry_recipients(notification, for_now, refused, self._bounces(taken.refused))
+                return
+            self.metrics.observe_send(time.perf_counter() - started)
+            sent_at = time.time()
+            await self._record(
+                notification,
+                lambda: self.outbox.mark_sent(
+                    notification.id,
+                    smtp_reply=taken.smtp_reply,
+                    refused=refused,
+                    now=sent_at,
+                    attempt=notification.attempts,
+                    bounces=self._bounces(taken.refused),
+                ),
             )
-            raise
-        if isinstance(outcome, SendFailed):
-            self.metrics.observe_send(time.perf_counter() - started, outcome)
-            await self._record_failure(notification, outcome)
-            return
-        taken = outcome
-        # Refusals of earlier attempts that are final stay on record beside this attempt's.
-        refused = [*refused_for_good(notification.refused_recipients), *taken.refused]
-        for_now = refused_for_now(taken.refused)
-        if for_now and notification.attempts < self.settings.MAX_ATTEMPTS:
-            # Not sent yet, as far as the counters go: the notification is sent once every recipient is.
-            self.metrics.observe_send(
-                time.perf_counter() - started, SendFailed("recipients refused for now", transient=True)
-            )
-            await self._retry_recipients(notification, for_now, refused, self._bounces(taken.refused))
-            return
-        self.metrics.observe_send(time.perf_counter() - started)
-        sent_at = time.time()
-        await self._record(
-            notification,
-            lambda: self.outbox.mark_sent(
-                notification.id,
+            log.info(
+                "notification_sent",
+                attempts=notification.attempts,
                 smtp_reply=taken.smtp_reply,
-                refused=refused,
-                now=sent_at,
-                attempt=notification.attempts,
-                bounces=self._bounces(taken.refused),
-            ),
-        )
-        log.info(
-            "notification_sent",
-            attempts=notification.attempts,
-            smtp_reply=taken.smtp_reply,
-            refused=[r.to_json() for r in taken.refused] or None,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        )
+                refused=[r.to_json() for r in taken.refused] or None,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
 
     def _bounces(self, refused: Sequence[Refusal]) -> list[Bounce]:
         """The hard bounces among a send's refusals, for the suppression list (written with the outcome)."""
