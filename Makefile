@@ -60,6 +60,7 @@ smoke: install ## post a notification to the running stack and find it in MailHo
 bench: uv ## the service beside a bare endpoint, the floor (bare + outbox commit), the tutorial's way, aiosmtplib alone; 3 rounds (wrk if installed)
 	$(UV) sync --locked --group bench --python $(PYTHON)
 	$(RUN) python -m benchmarks.bench --chart docs/bench.png
+	$(RUN) python -m benchmarks.attachments_cost
 
 bench-burst: uv ## 100,000 notifications at once: all accepted, all delivered, peak RSS
 	$(UV) sync --locked --group bench --python $(PYTHON)

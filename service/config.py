@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         """METRIC_TAGS as a list, each tag once, in the order given."""
         return tuple(dict.fromkeys(tag.strip() for tag in self.METRIC_TAGS.split(",") if tag.strip()))
 
+    MAX_ATTACHMENTS: int = Field(10, ge=0, le=100, description="Most attachments of one notification.")
+    MAX_ATTACHMENT_BYTES: int = Field(
+        10_485_760, ge=0, description="Most bytes of one notification's attachments together, decoded; more is 413."
+    )
+
     # Logging
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
     LOG_FORMAT: Literal["auto", "json", "console"] = Field(
@@ -151,7 +156,10 @@ class Settings(BaseSettings):
         description="Comma-separated bearer keys for /v1 and the tutorial routes; empty leaves the API open.",
     )
     MAX_BODY_BYTES: int = Field(
-        1_048_576, ge=1024, description="Largest request body; checked while it streams, before it is parsed."
+        16_777_216,
+        ge=1024,
+        description="Largest request body; checked while it streams, before it is parsed. Fits"
+        " MAX_ATTACHMENT_BYTES in base64 (4/3 of it) and the rest of the JSON.",
     )
     QUEUE_LIMIT: int = Field(
         100_000,

@@ -186,3 +186,28 @@ def test_wrk_latencies_in_seconds_are_read_too() -> None:
     assert parsed["p50_ms"] == 46.75
     assert parsed["p99_ms"] == 1250.0
     assert (parsed["completed"], parsed["ok"], parsed["seconds"]) == (3296, 3290, 4.03)
+
+
+def test_the_attachments_cost_runs() -> None:
+    cost = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.attachments_cost",
+            "--rows",
+            "20",
+            "--every",
+            "10",
+            "--mib",
+            "0.1",
+            "--rounds",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cost.returncode == 0, cost.stderr
+    assert "claim of 20 (and release)" in cost.stdout
+    assert "one send's read + build (0.1 MiB)" in cost.stdout

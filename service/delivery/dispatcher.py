@@ -225,6 +225,9 @@ class Dispatcher:
                     continue
                 self.inflight += 1
                 try:
+                    if notification.attachments:
+                        # Read for this send only (a claim never reads them), and let go of once it is over.
+                        notification.attachment_data = await self.outbox.attachment_data(notification.id)
                     await self._deliver(connection, notification)
                 except Exception:
                     # A bug must cost one attempt of one mail, never a worker: the mail goes back to the queue
@@ -235,6 +238,7 @@ class Dispatcher:
                         notification, SendFailed("internal error while sending (see the logs)", transient=True)
                     )
                 finally:
+                    notification.attachment_data = []
                     self.inflight -= 1
         finally:
             if self._stopping and not asyncio.current_task().cancelling():  # type: ignore[union-attr]

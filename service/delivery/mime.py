@@ -107,7 +107,33 @@ def build_message(notification: Notification, mail_from: str, *, boundary: str |
                 message.set_boundary(boundary)
     elif notification.html is not None:
         message.set_content(notification.html, subtype="html")
+    if notification.attachments:
+        add_attachments(message, notification)
     return message
+
+
+def add_attachments(message: EmailMessage, notification: Notification) -> None:
+    """Inline attachments (a content_id) beside the html in a multipart/related, inside the multipart/alternative
+    when there is a text part too; the others after the body in a multipart/mixed. Without html an inline one has
+    nothing to show it, and goes out as an ordinary attachment (keeping its Content-ID)."""
+    data = notification.attachment_data
+    if len(data) != len(notification.attachments):
+        raise ValueError(f"{len(notification.attachments)} attachments, {len(data)} found in the outbox")
+    html_part: EmailMessage | None = None
+    if notification.html is not None:
+        # text + html: the html is the alternative's second part; html alone: the message itself.
+        html_part = message.get_payload()[1] if notification.text is not None else message  # type: ignore[assignment,index]
+    for info, content in zip(notification.attachments, data, strict=True):
+        maintype, _, subtype = info.content_type.partition("/")
+        if info.content_id is not None and html_part is not None:
+            html_part.add_related(
+                content, maintype, subtype, cid=f"<{info.content_id}>", disposition="inline", filename=info.filename
+            )
+    for info, content in zip(notification.attachments, data, strict=True):
+        maintype, _, subtype = info.content_type.partition("/")
+        if info.content_id is None or html_part is None:
+            cid = None if info.content_id is None else f"<{info.content_id}>"
+            message.add_attachment(content, maintype, subtype, filename=info.filename, cid=cid)
 
 
 def build_stdlib_bytes(
@@ -178,12 +204,12 @@ def _plain_body(text: str) -> bytes | None:
 def build_fast_bytes(notification: Notification, mail_from: str, *, boundary: str | None = None) -> bytes | None:
     """The mail's wire bytes written directly, or None when the mail is not one the fast path covers.
 
-    Covers text/plain, text/html and multipart/alternative mails whose headers (the request's own too) are short
-    plain ASCII and whose
-    bodies are ASCII with lines of at most 78 characters. For those the bytes equal build_stdlib_bytes' exactly.
+    Covers text/plain, text/html and multipart/alternative mails without attachments whose headers (the request's
+    own too) are short plain ASCII and whose bodies are ASCII with lines of at most 78 characters. For those the
+    bytes equal build_stdlib_bytes' exactly.
     """
     n = notification
-    if not 0 <= n.created_at < _LAST_SECOND:
+    if n.attachments or not 0 <= n.created_at < _LAST_SECOND:
         return None
     headers = [
         _plain_header("From", mail_from, _PLAIN_ADDRESSES),

@@ -11,15 +11,25 @@ from fastapi import Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 
+# An attachment's base64 in an echoed `input` (a refusal of the whole request or of one attachment echoes it): up
+# to MAX_BODY_BYTES of it would come back in the 422. Longer than this, it is replaced by its length.
+ECHOED_CONTENT_CHARS = 256
+
 
 def json_safe(value: Any) -> Any:
-    """An error detail any JSON encoder takes: NaN and infinities as text, a lone surrogate as its escape."""
+    """An error detail any JSON encoder takes: NaN and infinities as text, a lone surrogate as its escape; an
+    attachment's long `content` as its length."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {json_safe(str(key)): json_safe(item) for key, item in value.items()}
+        return {
+            json_safe(str(key)): f"<{len(item)} characters, not echoed>"
+            if key == "content" and isinstance(item, str) and len(item) > ECHOED_CONTENT_CHARS
+            else json_safe(item)
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
     return value

@@ -71,7 +71,11 @@ RETRY_AFTER_SECONDS = 5
 UNAVAILABLE_RETRY_AFTER_SECONDS = 30
 
 LIMIT_RESPONSES: dict[int | str, dict[str, object]] = {
-    413: {"model": ErrorDetail, "description": "The body is larger than MAX_BODY_BYTES"},
+    413: {
+        "model": ErrorDetail,
+        "description": "The body is larger than MAX_BODY_BYTES, or the attachments decode to more than"
+        " MAX_ATTACHMENT_BYTES",
+    },
     429: {
         "model": ErrorDetail,
         "description": "QUEUE_LIMIT notifications wait to be sent already; retry later",

@@ -40,6 +40,13 @@ class HistoryItem(BaseModel):
     message: str | None = Field(description="The server's reply, or the error")
 
 
+class AttachmentStatus(BaseModel):
+    filename: str
+    content_type: str
+    content_id: str | None = Field(description="Set for an inline attachment, which html shows as `cid:<content_id>`")
+    size: int = Field(description="Its decoded size in bytes (the content itself is never echoed)")
+
+
 class NotificationStatus(BaseModel):
     id: str
     status: StatusField
@@ -68,6 +75,7 @@ class NotificationStatus(BaseModel):
     history: list[HistoryItem] = Field(
         default_factory=list, description="Every attempt's outcome, oldest first; the newest 50 are kept"
     )
+    attachments: list[AttachmentStatus] = Field(default_factory=list, description="What was attached, without content")
 
 
 class NotificationPage(BaseModel):

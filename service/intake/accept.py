@@ -19,6 +19,7 @@ from service.delivery.handle import DispatcherHandle
 from service.delivery.mime import addr_spec
 from service.domain import Status
 from service.events.suppressions import SuppressionList
+from service.intake.attachments import decode_attachments
 from service.intake.request import NotificationRequest
 from service.intake.templates import TemplateRenderError, Templates
 from service.metrics import Metrics
@@ -49,11 +50,12 @@ def render_request(body: NotificationRequest, templates: Templates) -> Notificat
         raise RequestValidationError(
             [_error(("body", "data"), "template_render", f"template {template.name!r}, {exc.part}: {exc.message}")]
         ) from None
-    fields = body.model_dump(exclude={"template", "data", "subject", "text", "html"})
+    # The attachments are checked already and may be megabytes: carried over as they are, not validated again.
+    fields = body.model_dump(exclude={"template", "data", "subject", "text", "html", "attachments"})
     try:
         return NotificationRequest.model_validate(
             {**fields, "subject": rendered.subject, "text": rendered.text, "html": rendered.html}
-        )
+        ).model_copy(update={"attachments": body.attachments})
     except ValidationError as exc:
         raise RequestValidationError(
             [
@@ -89,6 +91,9 @@ def build_notification(request: NotificationRequest, settings: Settings, request
     assert request.subject is not None, "a template request is rendered first (render_request)"
     now = time.time()
     send_at = scheduled_for(request.send_at, settings, now)
+    attachments, attachment_data = decode_attachments(
+        request.attachments, max_count=settings.MAX_ATTACHMENTS, max_bytes=settings.MAX_ATTACHMENT_BYTES
+    )
     notification_id = str(uuid.uuid4())
     domain = message_id_domain(settings.MAIL_FROM)
     return Notification(
@@ -103,6 +108,8 @@ def build_notification(request: NotificationRequest, settings: Settings, request
         metadata=request.metadata,
         headers=request.headers,
         tags=request.tags,
+        attachments=attachments,
+        attachment_data=attachment_data,
         message_id=f"<{notification_id}@{domain}>",
         request_id=request_id,
         created_at=now,

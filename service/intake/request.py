@@ -12,6 +12,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, model_validator
 
 from service.domain import MAX_TAGS, TAG_PATTERN
+from service.intake.attachments import MAX_ATTACHMENTS_CEILING, Attachment
 
 # CR, LF and NUL, and every other character Python's str.splitlines() breaks a line at (VT, FF, FS, GS, RS,
 # NEL, U+2028, U+2029) or that is a control character: the email package refuses such a header value when
@@ -250,6 +251,8 @@ class NotificationRequest(BaseModel):
     tags: Annotated[list[Tag], AfterValidator(_unique_tags)] = Field(
         default_factory=list, max_length=MAX_TAGS, examples=[["welcome"]]
     )
+    # Files, and inline images by Content-ID; at most MAX_ATTACHMENTS, decoded at build (intake/attachments.py).
+    attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS_CEILING)
     # The other form: a template's name and its variables, rendered into subject/text/html before the 202.
     template: str | None = Field(None, min_length=1, max_length=200, examples=["welcome"])
     data: dict[str, Any] | None = Field(None, examples=[{"first_name": "Ada"}])

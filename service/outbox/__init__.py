@@ -14,11 +14,12 @@ from service.outbox.database import Database, read_migrations
 from service.outbox.errors import IdempotencyKeyTaken, OutboxUnavailable, QueueFull
 from service.outbox.idempotency import IdempotencyRecord, IdempotencyStore
 from service.outbox.jobs import JobStore
-from service.outbox.notifications import Notification, NotificationStore, Page
+from service.outbox.notifications import AttachmentInfo, Notification, NotificationStore, Page
 from service.outbox.stats import StatsStore
 from service.outbox.suppressions import Suppression, SuppressionPage, SuppressionStore
 
 __all__ = [
+    "AttachmentInfo",
     "Database",
     "IdempotencyKeyTaken",
     "IdempotencyRecord",

@@ -8,9 +8,33 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.domain import Bounce, HistoryEntry, Outcome, Refusal, Status
 from service.outbox.idempotency import IdempotencyRecord
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    """What the outbox keeps of an attachment beside the notification: everything but its bytes, which live in a
+    table of their own (migration 0007) so that claims and listings never read them."""
+
+    filename: str
+    content_type: str
+    size: int
+    content_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "content_id": self.content_id,
+            "size": self.size,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> AttachmentInfo:
+        return cls(value["filename"], value["content_type"], value["size"], value.get("content_id"))
 
 
 @dataclass(slots=True)
@@ -47,6 +71,11 @@ class Notification:
     history: list[HistoryEntry] = field(default_factory=list)
     # When a `scheduled` notification is to be sent (UNIX seconds); it is due then: next_attempt_at = send_at.
     send_at: float | None = None
+    # The attachments without their bytes, in order; an inline one (content_id) is referred to by `cid:` in html.
+    attachments: list[AttachmentInfo] = field(default_factory=list)
+    # The attachments' bytes, in the same order, only while they travel: from the intake to add(), and from
+    # attachment_data() into the mail of one send. Never read by a claim, a page or get().
+    attachment_data: list[bytes] = field(default_factory=list, repr=False)
     # Position in the outbox, assigned on insert: orders listings and makes cursors.
     seq: int | None = None
 
@@ -109,6 +138,10 @@ class NotificationStore(abc.ABC):
         a write), so a rare address is found a window at a time. A page may then hold fewer than `limit` items
         and still have a `next_cursor`, where the search goes on.
         """
+
+    @abc.abstractmethod
+    async def attachment_data(self, notification_id: str) -> list[bytes]:
+        """The bytes of a notification's attachments, in order (empty when it has none): read for one send only."""
 
     @abc.abstractmethod
     async def recover(self) -> int:

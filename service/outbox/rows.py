@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.domain import HistoryEntry, Outcome, Refusal, Status
-from service.outbox.notifications import Notification
+from service.outbox.notifications import AttachmentInfo, Notification
 
 
 def content_json(n: Notification) -> str:
@@ -28,6 +28,9 @@ def content_json(n: Notification) -> str:
         content["headers"] = n.headers
     if n.tags:
         content["tags"] = n.tags
+    if n.attachments:
+        # Metadata only: the bytes are in the attachments table (attachment_rows).
+        content["attachments"] = [a.to_json() for a in n.attachments]
     return json.dumps(content, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -90,4 +93,10 @@ def notification_from_row(row: Any) -> Notification:
         next_attempt_at=row["next_attempt_at"],
         history=history_from_json(row["history"]),
         send_at=row["send_at"],
+        attachments=[AttachmentInfo.from_json(a) for a in content.get("attachments", ())],
     )
+
+
+def attachment_rows(notifications: Sequence[Notification]) -> list[tuple[str, int, bytes]]:
+    """The attachments table's rows of new notifications: (notification_id, position, data)."""
+    return [(n.id, position, data) for n in notifications for position, data in enumerate(n.attachment_data)]

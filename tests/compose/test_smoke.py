@@ -6,10 +6,14 @@ NOTIFIER_URL and MAILHOG_URL point it at another host. The inbox may be MailHog 
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 import uuid
 from collections.abc import Iterator
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from typing import Any
 
 import httpx
@@ -58,6 +62,62 @@ def find_in_mailhog(client: httpx.Client, address: str) -> dict[str, str] | None
         return None
     message = client.get(f"{MAILHOG_URL}/api/v1/message/{messages[0]['ID']}").raise_for_status().json()
     return {"subject": message["Subject"], "body": message["Text"] + message["HTML"]}
+
+
+def raw_from_inbox(client: httpx.Client, address: str) -> EmailMessage | None:
+    """The newest mail to `address` as the inbox stored it, parsed; None while there is none."""
+    response = client.get(f"{MAILHOG_URL}/api/v2/search", params={"kind": "to", "query": address})
+    is_json = response.headers.get("content-type", "").startswith("application/json")
+    if response.status_code == 200 and is_json and "items" in (body := response.json()):
+        if not body["items"]:
+            return None
+        item = body["items"][0]
+        # MailHog's own MIME view lists the parts too: the attachment's headers are among them.
+        parts = (item.get("MIME") or item["Content"].get("MIME") or {}).get("Parts") or []
+        assert any("attachment" in str(part.get("Headers", {}).get("Content-Disposition")) for part in parts), parts
+        data = item["Raw"]["Data"].encode()
+    else:
+        found = client.get(f"{MAILHOG_URL}/api/v1/search", params={"query": f"to:{address}"})
+        found.raise_for_status()
+        if not (messages := found.json()["messages"]):
+            return None
+        data = client.get(f"{MAILHOG_URL}/api/v1/message/{messages[0]['ID']}/raw").raise_for_status().content
+    message = BytesParser(policy=policy.default).parsebytes(data)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def test_an_attachment_arrives_with_its_name_and_bytes(client: httpx.Client) -> None:
+    token = uuid.uuid4().hex[:12]
+    address = f"smoke-attachment-{token}@example.com"
+    content = f"attachment of smoke test {token}\n".encode() + bytes(range(256))
+    response = client.post(
+        f"{NOTIFIER_URL}/v1/notifications",
+        json={
+            "to": [address],
+            "subject": f"Smoke test attachment {token}",
+            "text": "One file attached.",
+            "attachments": [
+                {
+                    "filename": f"smoke-{token}.bin",
+                    "content_type": "application/octet-stream",
+                    "content": base64.b64encode(content).decode(),
+                }
+            ],
+        },
+    )
+    assert response.status_code == 202, response.text
+
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while (message := raw_from_inbox(client, address)) is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no mail to {address} in {DEADLINE_SECONDS:.0f}s")
+        time.sleep(0.2)
+
+    [attachment] = message.iter_attachments()
+    assert attachment.get_filename() == f"smoke-{token}.bin"
+    assert attachment.get_content_type() == "application/octet-stream"
+    assert attachment.get_content() == content
 
 
 def test_a_notification_arrives_in_the_inbox(client: httpx.Client) -> None:

@@ -10,12 +10,15 @@ import re
 import uuid
 from collections import Counter
 from dataclasses import replace
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 
 import pytest
 from aiosmtplib.email import flatten_message
 
 from service.delivery import mime
-from service.outbox import Notification
+from service.outbox import AttachmentInfo, Notification
 
 BOUNDARY = "===============1234567890123456789=="
 MAIL_FROM = "Notifier <notifier@example.com>"
@@ -284,3 +287,84 @@ def test_random_mail_is_either_declined_or_byte_identical() -> None:
     # A generator that never reaches the fast path, or never its edges, proves nothing.
     assert taken["all"] > 300, taken
     assert min(taken.values()) >= 30, taken
+
+
+# -- attachments ----------------------------------------------------------------------------------------------
+
+PDF = b"%PDF-1.7\n\x00\xff" * 100
+PNG = b"\x89PNG\r\n\x1a\n" * 10
+
+
+def with_attachments(**fields: object) -> Notification:
+    values: dict[str, object] = {
+        "html": '<img src="cid:logo">',
+        "attachments": [
+            AttachmentInfo("logo.png", "image/png", len(PNG), "logo"),
+            AttachmentInfo("naïve résumé.pdf", "application/pdf", len(PDF)),
+        ],
+        "attachment_data": [PNG, PDF],
+    }
+    values.update(fields)
+    return notification(**values)
+
+
+def structure(part: EmailMessage) -> object:
+    if part.is_multipart():
+        return (part.get_content_type(), [structure(child) for child in part.iter_parts()])  # type: ignore[arg-type]
+    return part.get_content_type()
+
+
+def parsed(n: Notification, **flags: object) -> EmailMessage:
+    message = BytesParser(policy=policy.default).parsebytes(mime.build_mail_bytes(n, MAIL_FROM, **flags))  # type: ignore[arg-type]
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def test_the_fast_path_declines_a_mail_with_attachments() -> None:
+    plain = notification()
+    assert mime.build_fast_bytes(plain, MAIL_FROM) is not None
+    assert mime.build_fast_bytes(with_attachments(), MAIL_FROM) is None
+
+
+@pytest.mark.parametrize("cte_type", ["8bit", "7bit"])
+def test_inline_images_sit_in_a_related_part_inside_the_alternative(cte_type: str) -> None:
+    message = parsed(with_attachments(), cte_type=cte_type)
+
+    assert structure(message) == (
+        "multipart/mixed",
+        [
+            ("multipart/alternative", ["text/plain", ("multipart/related", ["text/html", "image/png"])]),
+            "application/pdf",
+        ],
+    )
+    related = message.get_payload()[0].get_payload()[1]  # type: ignore[index,union-attr]
+    image = related.get_payload()[1]
+    assert (image["Content-ID"], image.get_content_disposition(), image.get_content()) == ("<logo>", "inline", PNG)
+    [attachment] = message.iter_attachments()
+    assert (attachment.get_filename(), attachment.get_content()) == ("naïve résumé.pdf", PDF)
+
+
+def test_html_alone_with_an_inline_image_is_related_and_text_alone_is_mixed() -> None:
+    html_only = parsed(
+        with_attachments(
+            text=None, attachments=[AttachmentInfo("logo.png", "image/png", len(PNG), "logo")], attachment_data=[PNG]
+        )
+    )
+    text_only = parsed(with_attachments(html=None))
+
+    assert structure(html_only) == ("multipart/related", ["text/html", "image/png"])
+    # Without html nothing shows an inline image: it goes as an attachment, keeping its Content-ID.
+    assert structure(text_only) == ("multipart/mixed", ["text/plain", "image/png", "application/pdf"])
+    assert [a["Content-ID"] for a in text_only.iter_attachments()] == ["<logo>", None]
+
+
+def test_a_non_ascii_filename_goes_out_per_rfc_2231() -> None:
+    data = mime.build_mail_bytes(with_attachments(), MAIL_FROM)
+
+    assert b"filename*=utf-8''na%C3%AFve%20r%C3%A9sum%C3%A9.pdf" in data
+    assert b"=?utf-8?" not in data
+
+
+def test_attachments_whose_bytes_are_missing_cannot_be_built() -> None:
+    with pytest.raises(ValueError, match="2 attachments, 0 found"):
+        mime.build_mail_bytes(with_attachments(attachment_data=[]), MAIL_FROM)

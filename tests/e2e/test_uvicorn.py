@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -47,6 +49,28 @@ async def test_a_mail_posted_over_http_arrives_and_the_process_stops_cleanly_on_
     assert any(e.get("logger", "").startswith("uvicorn") for e in events)
     sent = next(e for e in events if e["event"] == "notification_sent")
     assert sent["request_id"] == "e2e-1"
+
+
+async def test_an_attachment_of_eight_mib_goes_over_the_wire_and_out_of_the_dispatchers_process(
+    uvicorn_service: ServiceProcess, smtp_sink: SmtpSink
+) -> None:
+    content = os.urandom(8 * 1024 * 1024)
+    attachment = {"filename": "données.bin", "content_type": "application/octet-stream"}
+    async with httpx.AsyncClient(base_url=uvicorn_service.base_url, timeout=30) as client:
+        response = await client.post(
+            "/v1/notifications",
+            json={
+                "to": ["ada@example.com"],
+                "subject": "Big",
+                "text": "attached",
+                "attachments": [{**attachment, "content": base64.b64encode(content).decode()}],
+            },
+        )
+        assert response.status_code == 202, response.text
+        [mail] = await smtp_sink.wait_for(1, timeout=30)
+
+    [received] = mail.message.iter_attachments()
+    assert (received.get_filename(), received.get_content()) == ("données.bin", content)
 
 
 async def test_the_service_runs_outside_the_checkout_so_a_developers_env_file_is_not_read(

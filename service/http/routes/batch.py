@@ -20,6 +20,7 @@ from service.http.idempotency import (
     IdempotencyKeyHeader,
 )
 from service.intake.accept import Intake
+from service.intake.attachments import AttachmentsTooLarge
 from service.intake.request import NotificationRequest, SendAt
 from service.outbox import IdempotencyKeyTaken, Notification
 
@@ -60,6 +61,11 @@ def build_batch_item(
         return BatchItemError(detail=json_safe(jsonable_encoder(exc.errors(include_url=False))))
     except RequestValidationError as exc:
         return BatchItemError(detail=json_safe(jsonable_encoder(exc.errors())))
+    except AttachmentsTooLarge as exc:
+        # The item's 413, in the shape of the others' details: the batch goes on without it.
+        return BatchItemError(
+            detail=[{"type": "attachments_too_large", "loc": ["body", "attachments"], "msg": exc.detail, "input": None}]
+        )
 
 
 @router.post(

@@ -17,7 +17,14 @@ from service.http.idempotency import (
     REPLAYED_HEADER_DOC,
     IdempotencyKeyHeader,
 )
-from service.http.schemas import HistoryItem, NotificationPage, NotificationStatus, RefusedRecipient, StatusField
+from service.http.schemas import (
+    AttachmentStatus,
+    HistoryItem,
+    NotificationPage,
+    NotificationStatus,
+    RefusedRecipient,
+    StatusField,
+)
 from service.intake.request import NotificationRequest
 from service.outbox import IdempotencyKeyTaken, Notification
 
@@ -58,6 +65,7 @@ def to_status(n: Notification) -> NotificationStatus:
             )
             for h in n.history
         ],
+        attachments=[AttachmentStatus(**a.to_json()) for a in n.attachments],
     )
 
 

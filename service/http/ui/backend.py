@@ -4,7 +4,7 @@ API's routes reach them: when the intake or the stores move, this module is the 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import BackgroundTasks, Request
 from fastapi.responses import StreamingResponse
@@ -72,8 +72,10 @@ class Backend:
         return Envelope(addr_spec(self.settings.MAIL_FROM), [addr_spec(address) for address in recipients])
 
     def headers(self, notification: Notification) -> list[tuple[str, str]]:
-        """The mail's top-level headers as the mailer builds them (the MIME layer's own function)."""
-        return [(name, str(value)) for name, value in build_message(notification, self.settings.MAIL_FROM).items()]
+        """The mail's top-level headers as the mailer builds them (the MIME layer's own function). Attachments as
+        empty files: their bytes are not read for a page, and the top-level headers do not depend on them."""
+        shape = replace(notification, attachment_data=[b""] * len(notification.attachments))
+        return [(name, str(value)) for name, value in build_message(shape, self.settings.MAIL_FROM).items()]
 
     def mail_templates(self) -> list[MailTemplate]:
         return list(self.templates)

@@ -21,6 +21,7 @@ from service.outbox.postgres.database import CHANNEL, PostgresDatabase
 from service.outbox.postgres.idempotency import insert_record
 from service.outbox.postgres.suppressions import record_bounces
 from service.outbox.rows import (
+    attachment_rows,
     content_json,
     due_at,
     history_entry_json,
@@ -89,6 +90,11 @@ async def insert_notifications(
             " FROM unnest($1::text[], $2::text[]) AS pair (id, tag) JOIN notifications AS n ON n.id = pair.id",
             [notification_id for notification_id, _ in tagged],
             [tag for _, tag in tagged],
+        )
+    attachments = attachment_rows(notifications)
+    if attachments:
+        await conn.executemany(
+            "INSERT INTO attachments (notification_id, position, data) VALUES ($1, $2, $3)", attachments
         )
     # Delivered to every listener when (and only if) the transaction commits.
     await conn.execute(f"NOTIFY {CHANNEL}")
@@ -187,6 +193,13 @@ class PostgresNotificationStore(NotificationStore):
             seen=window["seen"],
             scan=scan,
         )
+
+    async def attachment_data(self, notification_id: str) -> list[bytes]:
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT data FROM attachments WHERE notification_id = $1 ORDER BY position", notification_id
+            )
+        return [row["data"] for row in rows]
 
     async def next_due_at(self) -> float | None:
         # A claim whose lease runs out is due then too: its replica may be gone.

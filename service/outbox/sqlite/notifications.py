@@ -19,6 +19,7 @@ from service.outbox.errors import IdempotencyKeyTaken, OutboxUnavailable, QueueF
 from service.outbox.idempotency import IdempotencyRecord
 from service.outbox.notifications import Notification, NotificationStore, Page
 from service.outbox.rows import (
+    attachment_rows,
     content_json,
     due_at,
     history_entry_json,
@@ -104,6 +105,10 @@ def insert_notifications(
             )
         db.execute(_INSERT + ", ".join([_INSERT_ROW] * len(chunk)), params)
     insert_tags(db, notifications)
+    # Few, and large: one row each, executemany's GIL cost is nothing beside copying megabytes.
+    attachments = attachment_rows(notifications)
+    if attachments:
+        db.executemany("INSERT INTO attachments (notification_id, position, data) VALUES (?, ?, ?)", attachments)
 
 
 # Each (id, tag) pair finds its row's seq by the id's unique index: one statement for the whole insert.
@@ -249,6 +254,15 @@ class SqliteNotificationStore(NotificationStore):
             )
 
         return await self.database.read(search)
+
+    async def attachment_data(self, notification_id: str) -> list[bytes]:
+        def read(db: sqlite3.Connection) -> list[bytes]:
+            rows = db.execute(
+                "SELECT data FROM attachments WHERE notification_id = ? ORDER BY position", (notification_id,)
+            ).fetchall()
+            return [bytes(row[0]) for row in rows]
+
+        return await self.database.read(read)
 
     async def next_due_at(self) -> float | None:
         def next_due(db: sqlite3.Connection) -> float | None:

@@ -145,6 +145,16 @@ async def test_a_notification_page_shows_its_tags_and_its_own_headers(service: S
     assert "X-Campaign spring" in text
 
 
+async def test_a_notification_page_lists_its_attachments(service: Service) -> None:
+    logo = {"filename": "logo <b>.png", "content_type": "image/png", "content": "iVBORw0KGgo=", "content_id": "logo"}
+    created = (await service.post(**MAIL, html='<img src="cid:logo">', attachments=[logo])).json()
+
+    page = await service.client.get(f"/ui/notifications/{created['id']}")
+
+    assert "logo <b>.png image/png, 8 bytes, inline as cid:logo" in text_of(page)
+    assert "logo &lt;b&gt;.png" in page.text
+
+
 async def test_a_notification_page_shows_every_attempt_from_its_history(service: Service, smtp_sink: SmtpSink) -> None:
     smtp_sink.handler.data_replies.append("451 4.3.0 try again later")
     created = (await service.post(**MAIL)).json()
