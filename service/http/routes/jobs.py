@@ -10,7 +10,6 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -18,7 +17,6 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -28,6 +26,7 @@ from service.intake.csv_jobs import CsvRejected, JobRunner, read_header
 from service.intake.templates import Templates
 from service.outbox.errors import OutboxUnavailable
 from service.outbox.jobs import Job, JobStore
+from service.outbox.status import JobStatus, to_job_status
 
 log = structlog.get_logger("service.http.routes")
 
@@ -52,47 +51,6 @@ JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 # A look at an upload's form fields before the job is stored (the web page's CSRF check); raises to refuse.
 FieldsCheck = Callable[[dict[str, str]], None]
 JobRunnerDep = Annotated[JobRunner, Depends(get_job_runner)]
-
-
-class JobRowError(BaseModel):
-    row: int
-    reason: str
-
-
-class JobStatus(BaseModel):
-    id: str
-    status: str
-    template: str
-    total_rows: int | None
-    rows_done: int
-    accepted: int
-    rejected: int
-    queued: int
-    sent: int
-    failed: int
-    errors: list[JobRowError]
-    reason: str | None
-    created_at: datetime
-    finished_at: datetime | None
-
-
-def to_job_status(job: Job) -> JobStatus:
-    return JobStatus(
-        id=job.id,
-        status=job.status,
-        template=job.template,
-        total_rows=job.total_rows,
-        rows_done=job.rows_done,
-        accepted=job.accepted,
-        rejected=job.rejected,
-        queued=job.queued,
-        sent=job.sent,
-        failed=job.failed,
-        errors=[JobRowError(row=e.row, reason=e.reason) for e in job.errors],
-        reason=job.reason,
-        created_at=datetime.fromtimestamp(job.created_at, UTC),
-        finished_at=None if job.finished_at is None else datetime.fromtimestamp(job.finished_at, UTC),
-    )
 
 
 def _invalid(field: str, msg: str) -> RequestValidationError:
