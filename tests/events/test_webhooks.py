@@ -235,3 +235,19 @@ async def test_without_webhook_urls_no_event_is_written(service_without: Service
 async def service_without(tmp_path: Path, smtp_sink: SmtpSink) -> AsyncIterator[Service]:
     async with running(make_settings(tmp_path, smtp_sink.port)) as started:
         yield started
+
+
+async def test_on_postgresql_events_are_written_and_delivered_the_same_way(
+    tmp_path: Path, smtp_sink: SmtpSink, receiver: Receiver, postgres_url: str
+) -> None:
+    smtp_sink.handler.refuse["gone@example.com"] = "550 5.1.1 <gone@example.com>: no such user"
+    receiver.replies.extend([500])
+    settings = webhook_settings(tmp_path, smtp_sink, receiver.url, OUTBOX_URL=postgres_url)
+    async with running(settings) as service:
+        sent_id = (await service.post(**MAIL)).json()["id"]
+        failed_id = (await service.post(**{**MAIL, "to": ["gone@example.com"]})).json()["id"]
+        await receiver.wait_for("notification.sent", id=sent_id)
+        [failed] = await receiver.wait_for("notification.failed", id=failed_id)
+        assert failed["data"]["refused_recipients"][0]["address"] == "gone@example.com"
+        delivered = await wait_for_deliveries(service, "delivered", 2)
+        assert sorted(d["attempts"] for d in delivered) == [1, 2]
