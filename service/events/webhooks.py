@@ -79,6 +79,8 @@ class WebhookSender:
             limits=httpx.Limits(max_connections=settings.WEBHOOK_CONCURRENCY),
         )
         self._inflight: set[asyncio.Task[None]] = set()
+        # The delivery of each task in flight, to give it back if shutdown cuts it short.
+        self._deliveries: dict[asyncio.Task[None], Delivery] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
 
@@ -93,17 +95,31 @@ class WebhookSender:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stop claiming; requests in flight are cut short and their claims given back (they go again)."""
+        """Stop claiming; requests in flight get SHUTDOWN_GRACE_SECONDS to finish, then are cut short and their
+        deliveries given back, due at once (their receivers may have had them: at-least-once)."""
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
-        for task in list(self._inflight):
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=self.settings.SHUTDOWN_GRACE_SECONDS)
+        cut = dict(self._deliveries)
+        for task in cut:
             task.cancel()
-        await asyncio.gather(*self._inflight, return_exceptions=True)
+        await asyncio.gather(*cut, return_exceptions=True)
+        now = time.time()
+        for delivery in cut.values():
+            # Lands only while the claim still holds it (an outcome written before the cancel wins).
+            with contextlib.suppress(OutboxUnavailable):
+                await self.store.mark_retry(
+                    delivery.id,
+                    attempt=delivery.attempts,
+                    error="interrupted by shutdown",
+                    response_code=None,
+                    next_attempt_at=now,
+                    now=now,
+                )
         await self.client.aclose()
-        # What was cut short is `sending` under a lease: the next start (SQLite) or the lease (PostgreSQL)
-        # gives it back.
 
     async def _claim_forever(self) -> None:
         concurrency = self.settings.WEBHOOK_CONCURRENCY
@@ -119,6 +135,7 @@ class WebhookSender:
             for delivery in claimed:
                 task = asyncio.create_task(self._deliver(delivery), name=f"webhook-{delivery.id}")
                 self._inflight.add(task)
+                self._deliveries[task] = delivery
                 task.add_done_callback(self._done)
             if claimed and len(claimed) == free:
                 # Busy: go on as soon as a worker is free (its done callback wakes us).
@@ -129,6 +146,7 @@ class WebhookSender:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._deliveries.pop(task, None)
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook_delivery_crashed", error=repr(task.exception()))

@@ -4,6 +4,7 @@ library's own verifier: the events, their retries, giving up, the deliveries' ro
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -251,3 +252,22 @@ async def test_on_postgresql_events_are_written_and_delivered_the_same_way(
         assert failed["data"]["refused_recipients"][0]["address"] == "gone@example.com"
         delivered = await wait_for_deliveries(service, "delivered", 2)
         assert sorted(d["attempts"] for d in delivered) == [1, 2]
+
+
+async def test_a_shutdown_gives_back_a_delivery_cut_short_due_at_once(
+    tmp_path: Path, smtp_sink: SmtpSink, receiver: Receiver
+) -> None:
+    receiver.hang.clear()
+    settings = webhook_settings(tmp_path, smtp_sink, receiver.url, WEBHOOK_TIMEOUT_SECONDS=60, WEBHOOK_CONCURRENCY=1)
+    async with running(settings) as service:
+        await service.post(**MAIL)
+        deadline = time.monotonic() + 15
+        while receiver.waiting < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    # Stopped after SHUTDOWN_GRACE_SECONDS with the request still hanging: back to pending, not left sending.
+    with sqlite3.connect(settings.OUTBOX_PATH) as db:
+        rows = db.execute("SELECT status, attempts, last_error, next_attempt_at FROM webhook_deliveries").fetchall()
+    [(status, attempts, last_error, due)] = rows
+    assert (status, attempts, last_error) == ("pending", 1, "interrupted by shutdown")
+    assert due <= time.time()
