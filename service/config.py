@@ -5,11 +5,16 @@ Field names are the environment variables' names, so `grep SMTP_HOST` finds both
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import re
+import socket
 import ssl
 import sys
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,7 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.domain import TAG_PATTERN
 
 # OUTBOX_URL may carry a password (postgresql://user:password@host/db).
-SECRET_FIELDS = frozenset({"SMTP_PASSWORD", "API_KEYS", "OUTBOX_URL"})
+SECRET_FIELDS = frozenset({"SMTP_PASSWORD", "API_KEYS", "OUTBOX_URL", "WEBHOOK_SECRET"})
+# Standard Webhooks' secret: whsec_ and base64 of 24 to 64 random bytes.
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 # Shortest API key accepted: a guessable key is no key.
 MIN_API_KEY_LENGTH = 16
 
@@ -185,6 +192,71 @@ class Settings(BaseSettings):
         " the dispatcher's process, another replica); one row read when nothing changed.",
     )
 
+    # Webhooks: signed events out to the calling application (docs/events.md)
+    WEBHOOK_URLS: str = Field(
+        "",
+        description="Comma-separated http(s) URLs that get every event (notification.sent, .failed, .delayed,"
+        " job.finished), signed; empty: no webhooks, and no event is written.",
+    )
+    WEBHOOK_SECRET: SecretStr = Field(
+        SecretStr(""),
+        description="The signing key, in Standard Webhooks' whsec_<base64> form (24 to 64 bytes); required with"
+        " WEBHOOK_URLS. Never logged.",
+    )
+    WEBHOOK_MAX_ATTEMPTS: int = Field(
+        8, ge=1, le=100, description="Attempts of one delivery before it is given up (listed as failed)."
+    )
+    WEBHOOK_RETRY_BASE_SECONDS: float = Field(
+        5.0, gt=0, description="First retry of a delivery after this long; doubles each attempt, with jitter."
+    )
+    WEBHOOK_RETRY_MAX_SECONDS: float = Field(3600.0, gt=0, description="Upper bound of one delivery's retry delay.")
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(
+        10.0, gt=0, le=300, description="Deadline of one delivery: connect, send, and the receiver's reply."
+    )
+    WEBHOOK_CONCURRENCY: int = Field(
+        4, ge=1, le=64, description="Deliveries in flight at once in one process (its own workers, not mail's)."
+    )
+    WEBHOOK_ALLOW_PRIVATE: bool = Field(
+        True,
+        description="true (the compose stack's default): a URL may point at a private, loopback or link-local"
+        " address. false: the SSRF guard; a URL whose host resolves to any non-public address stops the start.",
+    )
+
+    def webhook_urls(self) -> list[str]:
+        """The configured webhook URLs; an empty list means no webhooks."""
+        return [url.strip() for url in self.WEBHOOK_URLS.split(",") if url.strip()]
+
+    @field_validator("WEBHOOK_SECRET")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr) -> SecretStr:
+        # The message never echoes the secret: describe_errors() leaves SECRET_FIELDS' input out.
+        secret = value.get_secret_value()
+        if not secret:
+            return value
+        if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+            raise ValueError(
+                f"must be {WEBHOOK_SECRET_PREFIX}<base64>: make one with"
+                " `python -c \"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"`"
+            )
+        try:
+            key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"the part after {WEBHOOK_SECRET_PREFIX} is not base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError(f"the key must be 24 to 64 bytes (it is {len(key)})")
+        return value
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> Settings:
+        urls = self.webhook_urls()
+        for url in urls:
+            check_webhook_url(url, allow_private=self.WEBHOOK_ALLOW_PRIVATE)
+        if urls and not self.WEBHOOK_SECRET.get_secret_value():
+            raise ValueError("WEBHOOK_URLS is set without WEBHOOK_SECRET: every event is signed with it")
+        if self.WEBHOOK_RETRY_MAX_SECONDS < self.WEBHOOK_RETRY_BASE_SECONDS:
+            raise ValueError("WEBHOOK_RETRY_MAX_SECONDS must be at least WEBHOOK_RETRY_BASE_SECONDS")
+        return self
+
     @field_validator("API_KEYS")
     @classmethod
     def _check_api_keys(cls, value: SecretStr) -> SecretStr:
@@ -322,6 +394,28 @@ class Settings(BaseSettings):
         if url is not None and self.LEASE_SECONDS <= 2 * self.SEND_TIMEOUT_SECONDS:
             raise ValueError("LEASE_SECONDS must be more than twice SEND_TIMEOUT_SECONDS")
         return self
+
+
+def check_webhook_url(url: str, *, allow_private: bool) -> None:
+    """Raise ValueError unless `url` is http(s) with a host; with `allow_private` false, also unless every address
+    its host resolves to now is public (the SSRF guard: no loopback, link-local, private or reserved address)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"WEBHOOK_URLS: {url!r} is not an http(s) URL with a host")
+    if allow_private:
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"WEBHOOK_URLS: the host of {url!r} does not resolve ({exc})") from None
+    for address in sorted(addresses):
+        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
+        if not ip.is_global:
+            kind = "loopback" if ip.is_loopback else "link-local" if ip.is_link_local else "non-public"
+            raise ValueError(
+                f"WEBHOOK_URLS: {url!r} resolves to {kind} address {address}, refused while WEBHOOK_ALLOW_PRIVATE=false"
+            )
 
 
 def describe_errors(exc: ValidationError) -> list[str]:

@@ -22,6 +22,7 @@ from service.delivery.dkim import check_dkim_or_exit
 from service.delivery.probe import SmtpProbe
 from service.delivery.process import DispatcherProcess
 from service.events.suppressions import SuppressionList
+from service.events.webhooks import WebhookSender
 from service.http import errors, ui
 from service.http.auth import UNAUTHORIZED_RESPONSE, require_api_key
 from service.http.idempotency import Idempotency
@@ -37,6 +38,7 @@ from service.http.routes import (
     suppressions,
     templates,
     tutorial,
+    webhooks,
 )
 from service.http.ui.throttle import LoginThrottle
 from service.intake.accept import Intake
@@ -77,6 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.suppressions = suppression_list
         refresher = asyncio.create_task(suppression_list.refresh_forever(), name="suppressions-refresher")
         await dispatcher.start()
+        # Webhooks go from this process (the HTTP one), whichever process wrote their events: the outbox is shared.
+        webhook_sender = WebhookSender(outbox.webhooks, settings, app_metrics) if settings.webhook_urls() else None
+        app.state.webhook_sender = webhook_sender
+        if webhook_sender is not None:
+            await webhook_sender.start()
         intake = Intake(
             outbox.notifications, dispatcher, app_metrics, settings, mail_templates, suppressions=suppression_list
         )
@@ -115,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await job_runner.stop()
             await outbox.jobs.close()
             await dispatcher.stop()
+            if webhook_sender is not None:
+                await webhook_sender.stop()
             await outbox.close()
             log.info("service_stopped")
 
@@ -143,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, **guarded)
     app.include_router(stats.router, **guarded)
     app.include_router(suppressions.router, **guarded)
+    app.include_router(webhooks.router, **guarded)
     app.include_router(tutorial.router, **guarded)
     app.include_router(health.router)
     app.include_router(metrics.router)

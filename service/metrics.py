@@ -104,6 +104,18 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "webhook_deliveries",
+            "Webhook delivery attempts by their result: delivered (2xx), retry (to be tried again), failed (given up"
+            " after WEBHOOK_MAX_ATTEMPTS).",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_queue_oldest_age = Gauge(
+            "webhook_queue_oldest_age_seconds",
+            "Age of the oldest webhook delivery not yet delivered or given up (all replicas); 0 when none waits.",
+            registry=r,
+        )
         # Every label value from the start, so a rate() sees the first increment and dashboards show 0.
         # One child per label value, looked up once (as _http_children below): the sent counter moves on every send.
         self._sent_children: dict[str, Counter] = {}
@@ -111,6 +123,8 @@ class Metrics:
             self._sent_children[tag] = self.notifications_sent.labels(tag=tag)
             for reason in ("permanent", "attempts_exhausted"):
                 self.notifications_failed.labels(reason=reason, tag=tag)
+        for result in ("delivered", "retry", "failed"):
+            self.webhook_deliveries.labels(result=result)
         for result in ("sent", "transient_error", "permanent_error"):
             self.send_attempts.labels(result=result)
         for status in Status:
@@ -193,6 +207,9 @@ class Metrics:
             self.outbox_notifications.labels(status=status).set(count)
         oldest = gauges.oldest_queued_at
         self.outbox_oldest_queued_age.set(0.0 if oldest is None else max(0.0, now - oldest))
+
+    def set_webhook_queue_age(self, oldest: float | None, now: float) -> None:
+        self.webhook_queue_oldest_age.set(0.0 if oldest is None else max(0.0, now - oldest))
 
     # -- HTTP ---------------------------------------------------------------------------------------------
 

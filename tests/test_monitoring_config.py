@@ -17,7 +17,7 @@ from tests.http.test_metrics import scrape
 from tests.tools import find_tool
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
-OUR_METRIC = re.compile(r"\b(?:notifications?|outbox|smtp|dispatcher|http)_[a-z0-9_]+\b")
+OUR_METRIC = re.compile(r"\b(?:notifications?|outbox|smtp|dispatcher|http|webhook)_[a-z0-9_]+\b")
 
 
 def dashboard_expressions() -> list[str]:

@@ -11,11 +11,12 @@ from service.config import Settings
 from service.delivery.handle import DispatcherHandle
 from service.delivery.probe import SmtpProbe
 from service.events.suppressions import SuppressionList
+from service.events.webhooks import WebhookSender
 from service.http.idempotency import Idempotency
 from service.intake.accept import Intake
 from service.intake.templates import Templates
 from service.metrics import Metrics
-from service.outbox import Database, NotificationStore, StatsStore
+from service.outbox import Database, NotificationStore, StatsStore, WebhookStore
 
 
 async def get_settings(request: Request) -> Settings:
@@ -31,6 +32,17 @@ async def get_notification_store(request: Request) -> NotificationStore:
 async def get_stats_store(request: Request) -> StatsStore:
     store: StatsStore = request.app.state.outbox.stats
     return store
+
+
+async def get_webhook_store(request: Request) -> WebhookStore:
+    store: WebhookStore = request.app.state.outbox.webhooks
+    return store
+
+
+async def get_webhook_sender(request: Request) -> WebhookSender | None:
+    """This process' webhook senders; None while WEBHOOK_URLS is empty."""
+    sender: WebhookSender | None = getattr(request.app.state, "webhook_sender", None)
+    return sender
 
 
 async def get_database(request: Request) -> Database:
@@ -71,6 +83,8 @@ async def get_suppressions(request: Request) -> SuppressionList:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 NotificationStoreDep = Annotated[NotificationStore, Depends(get_notification_store)]
 StatsStoreDep = Annotated[StatsStore, Depends(get_stats_store)]
+WebhookStoreDep = Annotated[WebhookStore, Depends(get_webhook_store)]
+WebhookSenderDep = Annotated[WebhookSender | None, Depends(get_webhook_sender)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 DispatcherDep = Annotated[DispatcherHandle, Depends(get_dispatcher)]
 SmtpProbeDep = Annotated[SmtpProbe, Depends(get_smtp_probe)]

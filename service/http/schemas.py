@@ -4,78 +4,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field, GetPydanticSchema
-from pydantic_core import core_schema
+from pydantic import BaseModel, Field
 
-from service.domain import Status
+# The status object's shape lives beside the outbox, which writes it into webhook events too: one source.
+from service.outbox.status import AttachmentStatus, HistoryItem, NotificationStatus, RefusedRecipient, StatusField
 
-
-def _status_schema(_source: Any, _handler: Any) -> core_schema.CoreSchema:
-    return core_schema.no_info_after_validator_function(
-        Status, core_schema.literal_schema([status.value for status in Status])
-    )
-
-
-# The domain's Status as the API shows it: one of its strings, described inline in the OpenAPI document as it
-# always was (annotated as the Enum, FastAPI would add a shared component: a new type in every generated client).
-StatusField = Annotated[str, GetPydanticSchema(_status_schema)]
-
-
-class RefusedRecipient(BaseModel):
-    address: str
-    code: int
-    message: str
-
-
-class HistoryItem(BaseModel):
-    at: datetime
-    outcome: Literal["sent", "retry", "failed", "interrupted", "recovered", "requeued", "canceled"] = Field(
-        description="sent, retry (failed for now, tried again), failed (the last word), interrupted (by shutdown),"
-        " recovered (left sending by a process that stopped), requeued (by POST …/retry),"
-        " canceled (by POST …/cancel): docs/api.md"
-    )
-    smtp_code: int | None = Field(description="The SMTP server's reply code, when it gave one")
-    message: str | None = Field(description="The server's reply, or the error")
-
-
-class AttachmentStatus(BaseModel):
-    filename: str
-    content_type: str
-    content_id: str | None = Field(description="Set for an inline attachment, which html shows as `cid:<content_id>`")
-    size: int = Field(description="Its decoded size in bytes (the content itself is never echoed)")
-
-
-class NotificationStatus(BaseModel):
-    id: str
-    status: StatusField
-    to: list[str]
-    cc: list[str]
-    bcc: list[str]
-    subject: str
-    attempts: int
-    last_error: str | None = Field(description="The last error seen; it stays after a later success (see history)")
-    created_at: datetime
-    updated_at: datetime
-    sent_at: datetime | None
-    next_attempt_at: datetime | None
-    send_at: datetime | None = Field(
-        None, description="When a scheduled notification is to be sent (its `send_at`); null when sent at once"
-    )
-    message_id: str
-    smtp_reply: str | None
-    refused_recipients: list[RefusedRecipient]
-    request_id: str | None
-    metadata: dict[str, str]
-    headers: dict[str, str] = Field(
-        default_factory=dict, description="The request's own headers, as the mail carries them (docs/api.md#headers)"
-    )
-    tags: list[str] = Field(default_factory=list, description="The request's tags: `GET /v1/notifications?tag=`")
-    history: list[HistoryItem] = Field(
-        default_factory=list, description="Every attempt's outcome, oldest first; the newest 50 are kept"
-    )
-    attachments: list[AttachmentStatus] = Field(default_factory=list, description="What was attached, without content")
+__all__ = ["AttachmentStatus", "HistoryItem", "NotificationStatus", "RefusedRecipient", "StatusField"]
 
 
 class NotificationPage(BaseModel):
@@ -183,3 +119,24 @@ class SuppressionPage(BaseModel):
 class SuppressionRequest(BaseModel):
     address: str = Field(description="An e-mail address (addr-spec or `Name <addr>`)")
     reason: str = Field("manual", min_length=1, max_length=500, description="Why, for whoever reads the list")
+
+
+class WebhookDelivery(BaseModel):
+    id: str
+    event_id: str = Field(description="The event's id, sent as the webhook-id header: the same on every attempt")
+    event_type: str = Field(description="notification.sent, notification.failed, notification.delayed, job.finished")
+    url: str
+    status: Literal["pending", "sending", "delivered", "failed"] = Field(
+        description="pending (waiting for its first or next attempt), sending, delivered (2xx), failed (given up)"
+    )
+    attempts: int
+    last_error: str | None = Field(description="The last failed attempt's error or the receiver's reply")
+    response_code: int | None = Field(description="The receiver's last HTTP status, when it answered")
+    next_attempt_at: datetime | None = Field(description="When a pending delivery is tried again")
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookDeliveryPage(BaseModel):
+    items: list[WebhookDelivery]
+    next_cursor: str | None

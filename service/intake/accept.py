@@ -164,23 +164,27 @@ class Intake:
         """A request (a template one rendered first) as a notification, its suppressed recipients left out of the
         envelope; raises RequestValidationError (422), also when every recipient is suppressed."""
         notification = build_notification(render_request(body, self.templates), self.settings, request_id)
-        if self.suppressions is not None:
-            suppressed = self.suppressions.narrow(notification)
-            # Narrowed when someone is left; when nobody is, the envelope stays unset and the mail is refused.
-            if suppressed and not notification.envelope:
-                raise RequestValidationError(
-                    [
-                        _error(
-                            ("body", "to"),
-                            "suppressed",
-                            "every recipient is on the suppression list, so nothing would be sent: "
-                            + ", ".join(suppressed)
-                            + " (DELETE /v1/suppressions/{address} lifts one)",
-                            suppressed,
-                        )
-                    ]
-                )
+        refusal = self.narrow(notification)
+        if refusal is not None:
+            raise RequestValidationError([_error(("body", "to"), "suppressed", refusal[0], refusal[1])])
         return notification
+
+    def narrow(self, notification: Notification) -> tuple[str, list[str]] | None:
+        """Leave the notification's suppressed recipients out of its envelope (they are listed as refused). When
+        every recipient is suppressed, nothing would be sent: the refusal's message and the addresses instead.
+        The same rule for a request, a batch item and a CSV row (whose rejected row carries the message)."""
+        if self.suppressions is None:
+            return None
+        suppressed = self.suppressions.narrow(notification)
+        # Narrowed when someone is left; when nobody is, the envelope stays unset and the mail is refused.
+        if suppressed and not notification.envelope:
+            return (
+                "every recipient is on the suppression list, so nothing would be sent: "
+                + ", ".join(suppressed)
+                + " (DELETE /v1/suppressions/{address} lifts one)",
+                suppressed,
+            )
+        return None
 
     async def accept(
         self,

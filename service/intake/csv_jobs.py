@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import csv
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,10 +113,18 @@ class Chunk:
 class JobReader:
     """A job's CSV as numbered rows (the header is row 1, as a spreadsheet shows it), from where the job stopped."""
 
-    def __init__(self, job: Job, template: MailTemplate, settings: Settings) -> None:
+    def __init__(
+        self,
+        job: Job,
+        template: MailTemplate,
+        settings: Settings,
+        narrow: Callable[[Notification], tuple[str, list[str]] | None] | None = None,
+    ) -> None:
         self.job = job
         self.template = template
         self.settings = settings
+        # Intake.narrow: a row whose address is suppressed is rejected, with the same words as a 422.
+        self.narrow = narrow
         self._file = Path(job.csv_path).open(encoding=CSV_ENCODING, newline="")  # noqa: SIM115 - closed in close()
         self._reader = csv.reader(self._file)
         self.columns = [name.strip() for name in next(self._reader, [])]
@@ -187,6 +195,9 @@ class JobReader:
                 "; ".join(f"rendered {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             ) from None
         notification = build_notification(request, self.settings, self.job.request_id)
+        refusal = self.narrow(notification) if self.narrow is not None else None
+        if refusal is not None:
+            raise ValueError(f"email: {refusal[0]}")
         if self.job.send_at is not None and self.job.send_at > notification.created_at:
             # The job's send_at, checked at its upload: every row due at the same moment, also rows read after a
             # restart (a send_at passed by then sends at once).
@@ -291,7 +302,7 @@ class JobRunner:
             return f"the uploaded file cannot be read: {exc}"
         await self.store.set_total(job.id, total)
         log.info("job_started", total_rows=total, template=job.template)
-        reader = await asyncio.to_thread(JobReader, job, template, self.settings)
+        reader = await asyncio.to_thread(JobReader, job, template, self.settings, self.intake.narrow)
         try:
             while True:
                 await self._wait_for_room(job)

@@ -1,6 +1,6 @@
 """The outbox: where an accepted notification lives, on disk, from the 202 until it is sent or failed.
 
-One interface per store (notifications.py, idempotency.py, stats.py, jobs.py, suppressions.py) and the
+One interface per store (notifications.py, idempotency.py, stats.py, jobs.py, suppressions.py, webhooks.py) and the
 database under them (database.py), each implemented in sqlite/ and postgres/; SQL lives there and nowhere else.
 A caller takes only the store it needs from the `Outbox` that `open_outbox` builds.
 """
@@ -17,6 +17,7 @@ from service.outbox.jobs import JobStore
 from service.outbox.notifications import AttachmentInfo, Notification, NotificationStore, Page
 from service.outbox.stats import StatsStore
 from service.outbox.suppressions import Suppression, SuppressionPage, SuppressionStore
+from service.outbox.webhooks import WebhookStore
 
 __all__ = [
     "AttachmentInfo",
@@ -35,6 +36,7 @@ __all__ = [
     "Suppression",
     "SuppressionPage",
     "SuppressionStore",
+    "WebhookStore",
     "describe_outbox",
     "open_outbox",
     "read_migrations",
@@ -51,6 +53,7 @@ class Outbox:
     stats: StatsStore
     jobs: JobStore
     suppressions: SuppressionStore
+    webhooks: WebhookStore
 
     async def open(self) -> None:
         await self.database.open()
@@ -72,11 +75,16 @@ def open_outbox(settings: Settings, *, lock: bool = True) -> Outbox:
             lease_seconds=settings.LEASE_SECONDS,
             pool_size=settings.OUTBOX_POOL_SIZE,
             queue_limit=settings.QUEUE_LIMIT,
+            webhook_urls=settings.webhook_urls(),
         )
     from service.outbox.sqlite import sqlite_outbox
 
     return sqlite_outbox(
-        settings.OUTBOX_PATH, synchronous=settings.OUTBOX_SYNCHRONOUS, queue_limit=settings.QUEUE_LIMIT, lock=lock
+        settings.OUTBOX_PATH,
+        synchronous=settings.OUTBOX_SYNCHRONOUS,
+        queue_limit=settings.QUEUE_LIMIT,
+        lock=lock,
+        webhook_urls=settings.webhook_urls(),
     )
 
 

@@ -34,11 +34,12 @@ def load_compose(name: str = "docker-compose.yml") -> dict[str, Any]:
 
 
 def notifier_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services that run this image (built from `.` or named after it), in every profile."""
+    """The services that run this image (built from `.` or named after it), in every profile; not the others
+    built here (the webhooks profile's receiver)."""
     return {
         name: service
         for name, service in compose["services"].items()
-        if "build" in service or str(service.get("image", "")).startswith("notification-service")
+        if service.get("build") == "." or str(service.get("image", "")).startswith("notification-service")
     }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import MAIL, Service, make_settings, running
+from tests.http.test_jobs import upload, wait_for_job
 from tests.smtp_sink import SmtpSink
 
 GONE = "gone@example.com"
@@ -119,3 +120,23 @@ async def test_an_address_suppressed_by_hand_is_refused_at_once_and_case_matters
     page = (await service.client.get("/v1/suppressions", params={"limit": 1})).json()
     assert [s["address"] for s in page["items"]] == ["Ada@example.com"]
     assert page["next_cursor"] is None
+
+
+async def test_a_csv_row_to_a_suppressed_address_is_a_rejected_row_and_the_others_go(
+    service: Service, smtp_sink: SmtpSink
+) -> None:
+    added = await service.client.post("/v1/suppressions", json={"address": GONE, "reason": "asked to stop"})
+    assert added.status_code == 201, added.text
+    csv_body = (
+        b"email,first_name,login_url\r\nada@example.com,Ada,https://example.com/a\r\n"
+        b"gone@example.com,Gone,https://example.com/g\r\n"
+    )
+    job_id = (await upload(service, csv_body)).json()["id"]
+    job = await wait_for_job(service, job_id, "done")
+    assert (job["accepted"], job["rejected"]) == (1, 1)
+    [error] = job["errors"]
+    assert error["row"] == 3
+    assert "suppression list" in error["reason"]
+    assert GONE in error["reason"]
+    await smtp_sink.wait_for(1)
+    assert smtp_sink.to(GONE) == []

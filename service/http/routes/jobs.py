@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -18,7 +18,7 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -30,6 +30,7 @@ from service.intake.request import SendAt, parse_tags
 from service.intake.templates import Templates
 from service.outbox.errors import OutboxUnavailable
 from service.outbox.jobs import Job, JobStore
+from service.outbox.status import JobStatus, to_job_status
 
 log = structlog.get_logger("service.http.routes")
 
@@ -54,53 +55,6 @@ JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 # A look at an upload's form fields before the job is stored (the web page's CSRF check); raises to refuse.
 FieldsCheck = Callable[[dict[str, str]], None]
 JobRunnerDep = Annotated[JobRunner, Depends(get_job_runner)]
-
-
-class JobRowError(BaseModel):
-    row: int
-    reason: str
-
-
-class JobStatus(BaseModel):
-    id: str
-    status: str
-    template: str
-    tags: list[str] = Field(default_factory=list, description="Every row's notification carries these tags")
-    total_rows: int | None
-    rows_done: int
-    accepted: int
-    rejected: int
-    send_at: datetime | None = Field(None, description="When the job's notifications are to be sent, if scheduled")
-    scheduled: int = Field(0, description="Notifications waiting for the job's send_at")
-    queued: int
-    sent: int
-    failed: int
-    errors: list[JobRowError]
-    reason: str | None
-    created_at: datetime
-    finished_at: datetime | None
-
-
-def to_job_status(job: Job) -> JobStatus:
-    return JobStatus(
-        id=job.id,
-        status=job.status,
-        template=job.template,
-        tags=job.tags,
-        total_rows=job.total_rows,
-        rows_done=job.rows_done,
-        accepted=job.accepted,
-        rejected=job.rejected,
-        send_at=None if job.send_at is None else datetime.fromtimestamp(job.send_at, UTC),
-        scheduled=job.scheduled,
-        queued=job.queued,
-        sent=job.sent,
-        failed=job.failed,
-        errors=[JobRowError(row=e.row, reason=e.reason) for e in job.errors],
-        reason=job.reason,
-        created_at=datetime.fromtimestamp(job.created_at, UTC),
-        finished_at=None if job.finished_at is None else datetime.fromtimestamp(job.finished_at, UTC),
-    )
 
 
 def _invalid(field: str, msg: str) -> RequestValidationError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Annotated
 
 import structlog
@@ -17,56 +16,14 @@ from service.http.idempotency import (
     REPLAYED_HEADER_DOC,
     IdempotencyKeyHeader,
 )
-from service.http.schemas import (
-    AttachmentStatus,
-    HistoryItem,
-    NotificationPage,
-    NotificationStatus,
-    RefusedRecipient,
-    StatusField,
-)
+from service.http.schemas import NotificationPage, NotificationStatus, StatusField
 from service.intake.request import NotificationRequest
-from service.outbox import IdempotencyKeyTaken, Notification
+from service.outbox import IdempotencyKeyTaken
+from service.outbox.status import to_status
 
 log = structlog.get_logger("service.http.routes")
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
-
-
-def _time(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
-def to_status(n: Notification) -> NotificationStatus:
-    return NotificationStatus(
-        id=n.id,
-        status=n.status,
-        to=n.to,
-        cc=n.cc,
-        bcc=n.bcc,
-        subject=n.subject,
-        attempts=n.attempts,
-        last_error=n.last_error,
-        created_at=datetime.fromtimestamp(n.created_at, UTC),
-        updated_at=datetime.fromtimestamp(n.updated_at or n.created_at, UTC),
-        sent_at=_time(n.sent_at),
-        next_attempt_at=_time(n.next_attempt_at) if n.status in (Status.QUEUED, Status.SCHEDULED) else None,
-        send_at=_time(n.send_at),
-        message_id=n.message_id,
-        smtp_reply=n.smtp_reply,
-        refused_recipients=[RefusedRecipient(**r.to_json()) for r in n.refused_recipients],
-        request_id=n.request_id,
-        metadata=n.metadata,
-        headers=n.headers,
-        tags=n.tags,
-        history=[
-            HistoryItem(
-                at=datetime.fromtimestamp(h.at, UTC), outcome=h.outcome, smtp_code=h.smtp_code, message=h.message
-            )
-            for h in n.history
-        ],
-        attachments=[AttachmentStatus(**a.to_json()) for a in n.attachments],
-    )
 
 
 @router.post(

@@ -21,6 +21,8 @@ from service.outbox.jobs import RUNNING, Job, JobStore, JobTaken, RowError, tags
 from service.outbox.notifications import Notification
 from service.outbox.postgres.database import PostgresDatabase, redact
 from service.outbox.postgres.notifications import insert_notifications
+from service.outbox.postgres.webhooks import write_events
+from service.outbox.webhooks import job_event
 
 # The first half of a job lock's key (pg_advisory_lock(int, int)); the second is hashtext(job id).
 JOB_LOCK_CLASS = 0x6A6F62  # "job"
@@ -51,9 +53,20 @@ async def _counted(conn: asyncpg.Connection, job: Job) -> Job:
     return job
 
 
+async def _with_errors(conn: asyncpg.Connection, job_id: str, errors: int = 100) -> Job:
+    """The job, counted, with its first `errors` rejected rows: what GET /v1/jobs/{id} shows."""
+    job = await _counted(conn, _job(await conn.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)))
+    error_rows = await conn.fetch(
+        "SELECT row, email, reason FROM job_errors WHERE job_id = $1 ORDER BY row LIMIT $2", job_id, errors
+    )
+    job.errors = [RowError(r["row"], r["email"], r["reason"]) for r in error_rows]
+    return job
+
+
 class PostgresJobStore(JobStore):
-    def __init__(self, database: PostgresDatabase) -> None:
+    def __init__(self, database: PostgresDatabase, *, webhook_urls: Sequence[str] = ()) -> None:
         self.database = database
+        self.webhook_urls = tuple(webhook_urls)
         # Holds the advisory locks of the jobs this replica runs; they last as long as this connection.
         self._locks: asyncpg.Connection | None = None
         self._locks_guard = asyncio.Lock()
@@ -121,12 +134,7 @@ class PostgresJobStore(JobStore):
             row = await conn.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
             if row is None:
                 return None
-            job = await _counted(conn, _job(row))
-            error_rows = await conn.fetch(
-                "SELECT row, email, reason FROM job_errors WHERE job_id = $1 ORDER BY row LIMIT $2", job_id, errors
-            )
-        job.errors = [RowError(r["row"], r["email"], r["reason"]) for r in error_rows]
-        return job
+            return await _with_errors(conn, job_id, errors)
 
     async def latest(self, limit: int) -> list[Job]:
         async with self.database.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
@@ -192,10 +200,13 @@ class PostgresJobStore(JobStore):
             )
 
     async def finish(self, job_id: str, *, status: str, reason: str | None, now: float) -> None:
-        async with self.database.connection() as conn:
+        async with self.database.connection() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE jobs SET status = $1, reason = $2, finished_at = $3 WHERE id = $4", status, reason, now, job_id
             )
+            if self.webhook_urls:
+                # job.finished, in the finish's own transaction.
+                await write_events(conn, [job_event(await _with_errors(conn, job_id), now)], self.webhook_urls)
         await self._unlock(job_id)
 
     async def errors_after(self, job_id: str, row: int, limit: int) -> list[RowError]:

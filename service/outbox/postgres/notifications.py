@@ -14,12 +14,14 @@ from typing import Any
 import asyncpg
 
 from service.domain import HISTORY_LIMIT, Bounce, Outcome, Refusal, Status, reply_code
+from service.outbox import webhooks
 from service.outbox.errors import IdempotencyKeyTaken, QueueFull
 from service.outbox.idempotency import IdempotencyRecord
 from service.outbox.notifications import Notification, NotificationStore, Page
 from service.outbox.postgres.database import CHANNEL, PostgresDatabase
 from service.outbox.postgres.idempotency import insert_record
 from service.outbox.postgres.suppressions import record_bounces
+from service.outbox.postgres.webhooks import event_written, write_events
 from service.outbox.rows import (
     attachment_rows,
     content_json,
@@ -100,11 +102,29 @@ async def insert_notifications(
     await conn.execute(f"NOTIFY {CHANNEL}")
 
 
+async def write_notification_event(
+    conn: asyncpg.Connection, event_type: str, notification: Notification, now: float, urls: Sequence[str]
+) -> None:
+    """Inside the status change's transaction: its event, carrying the status object as it now is."""
+    if event_type == webhooks.DELAYED and await event_written(conn, f"{webhooks.DELAYED}:{notification.id}"):
+        return
+    await write_events(conn, [webhooks.notification_event(event_type, notification, now)], urls)
+
+
 class PostgresNotificationStore(NotificationStore):
-    def __init__(self, database: PostgresDatabase, *, lease_seconds: float, queue_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        database: PostgresDatabase,
+        *,
+        lease_seconds: float,
+        queue_limit: int | None = None,
+        webhook_urls: Sequence[str] = (),
+    ) -> None:
         self.database = database
         self.lease_seconds = lease_seconds
         self.queue_limit = queue_limit
+        # Set: every outcome writes its webhook event in its own transaction (none otherwise, at no cost).
+        self.webhook_urls = tuple(webhook_urls)
 
     # -- accepting ----------------------------------------------------------------------------------------
 
@@ -289,27 +309,34 @@ class PostgresNotificationStore(NotificationStore):
         *args: Any,
         bounces: Sequence[Bounce] = (),
         now: float = 0.0,
+        event: str | None = None,
     ) -> None:
         # With `attempt`, the outcome only lands while the row is still that claim's: a replica whose lease ran
         # out and whose row another replica claimed again (attempts + 1) cannot overwrite the newer claim.
-        # A transaction only when a bounce is written with the outcome: BEGIN and COMMIT would be two more round
-        # trips on every send.
+        # A transaction only when a bounce or an event is written with the outcome: BEGIN and COMMIT would be
+        # two more round trips on every send.
+        event = event if self.webhook_urls else None
         async with (
             self.database.connection() as conn,
-            conn.transaction() if bounces else contextlib.nullcontext(),
+            conn.transaction() if bounces or event else contextlib.nullcontext(),
         ):
-            result = await conn.execute(
+            sql = (
                 f"UPDATE notifications SET {assignments}, lease_until = NULL"
                 " WHERE id = $1 AND ($2::integer IS NULL"
-                f"   OR (status = '{Status.SENDING}' AND attempts = $2 AND claimed_by = $" + str(len(args) + 3) + "))",
-                notification_id,
-                attempt,
-                *args,
-                # attempts alone is not unique: a failed notification requeued by an operator starts again at 1.
-                self.database.replica,
+                f"   OR (status = '{Status.SENDING}' AND attempts = $2 AND claimed_by = $" + str(len(args) + 3) + "))"
             )
-            if bounces and result.split()[-1] != "0":
+            # attempts alone is not unique: a failed notification requeued by an operator starts again at 1.
+            params = (notification_id, attempt, *args, self.database.replica)
+            row = None
+            if event is None:
+                landed = (await conn.execute(sql, *params)).split()[-1] != "0"
+            else:
+                row = await conn.fetchrow(f"{sql} RETURNING {COLUMNS}", *params)
+                landed = row is not None
+            if bounces and landed:
                 await record_bounces(conn, bounces, notification_id, now)
+            if event is not None and row is not None:
+                await write_notification_event(conn, event, notification_from_row(row), now, self.webhook_urls)
 
     async def mark_sent(
         self,
@@ -332,6 +359,7 @@ class PostgresNotificationStore(NotificationStore):
             history_entry_json(Outcome.SENT, now, reply_code(smtp_reply), smtp_reply),
             bounces=bounces,
             now=now,
+            event=webhooks.SENT,
         )
 
     async def mark_retry(
@@ -362,6 +390,8 @@ class PostgresNotificationStore(NotificationStore):
             history_entry_json(outcome, now, smtp_code, error),
             bounces=bounces,
             now=now,
+            # A send that shutdown cut short is no failure of the mail: no event.
+            event=webhooks.DELAYED if outcome == Outcome.RETRY else None,
         )
 
     async def mark_failed(
@@ -385,13 +415,14 @@ class PostgresNotificationStore(NotificationStore):
             history_entry_json(Outcome.FAILED, now, smtp_code, error),
             bounces=bounces,
             now=now,
+            event=webhooks.FAILED,
         )
 
     async def cancel(self, notification_id: str, now: float) -> Notification | None:
         # A claim holds its rows locked until it commits; this UPDATE then waits for it and, under READ COMMITTED,
         # checks the WHERE again on the claimed row (now `sending`): no match, the claim wins. And a row this
         # UPDATE holds is skipped by the claims (SKIP LOCKED), then seen `canceled`.
-        async with self.database.connection() as conn:
+        async with self.database.connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"UPDATE notifications SET status = '{Status.CANCELED}', updated_at = $2, {append_history(3)}"
                 f" WHERE id = $1 AND status IN ('{Status.SCHEDULED}', '{Status.QUEUED}') RETURNING {COLUMNS}",
@@ -399,7 +430,12 @@ class PostgresNotificationStore(NotificationStore):
                 now,
                 history_entry_json(Outcome.CANCELED, now, None, None),
             )
-        return notification_from_row(row) if row else None
+            if row is None:
+                return None
+            canceled = notification_from_row(row)
+            if self.webhook_urls:
+                await write_notification_event(conn, webhooks.CANCELED, canceled, now, self.webhook_urls)
+        return canceled
 
     async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
         async with self.database.connection() as conn, conn.transaction():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from service.outbox import Outbox
@@ -11,18 +12,25 @@ from service.outbox.sqlite.jobs import SqliteJobStore
 from service.outbox.sqlite.notifications import SqliteNotificationStore
 from service.outbox.sqlite.stats import SqliteStatsStore
 from service.outbox.sqlite.suppressions import SqliteSuppressionStore
+from service.outbox.sqlite.webhooks import SqliteWebhookStore
 
 
 def sqlite_outbox(
-    path: Path | str, *, synchronous: str = "NORMAL", queue_limit: int | None = None, lock: bool = True
+    path: Path | str,
+    *,
+    synchronous: str = "NORMAL",
+    queue_limit: int | None = None,
+    lock: bool = True,
+    webhook_urls: Sequence[str] = (),
 ) -> Outbox:
-    """The stores on the SQLite file at `path` (not opened yet)."""
+    """The stores on the SQLite file at `path` (not opened yet); with `webhook_urls`, outcomes write events."""
     database = SqliteDatabase(path, synchronous=synchronous, lock=lock)
     return Outbox(
         database=database,
-        notifications=SqliteNotificationStore(database, queue_limit=queue_limit),
+        notifications=SqliteNotificationStore(database, queue_limit=queue_limit, webhook_urls=webhook_urls),
         idempotency=SqliteIdempotencyStore(database),
         stats=SqliteStatsStore(database),
         suppressions=SqliteSuppressionStore(database),
-        jobs=SqliteJobStore(database),
+        jobs=SqliteJobStore(database, webhook_urls=webhook_urls),
+        webhooks=SqliteWebhookStore(database),
     )

@@ -14,6 +14,8 @@ from service.outbox.jobs import RUNNING, Job, JobStore, JobTaken, RowError, tags
 from service.outbox.notifications import Notification
 from service.outbox.sqlite.database import SqliteDatabase
 from service.outbox.sqlite.notifications import insert_notifications
+from service.outbox.sqlite.webhooks import write_events
+from service.outbox.webhooks import job_event
 
 _JOB_COLUMNS = (
     "id, status, template, csv_path, request_id, total_rows, rows_done, accepted, rejected, reason,"
@@ -38,9 +40,22 @@ def _counted(db: sqlite3.Connection, job: Job) -> Job:
     return job
 
 
+def _with_errors(db: sqlite3.Connection, job_id: str, errors: int = 100) -> Job:
+    """The job, counted, with its first `errors` rejected rows: what GET /v1/jobs/{id} shows."""
+    job = _counted(db, _job(db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()))
+    job.errors = [
+        RowError(r["row"], r["email"], r["reason"])
+        for r in db.execute(
+            "SELECT row, email, reason FROM job_errors WHERE job_id = ? ORDER BY row LIMIT ?", (job_id, errors)
+        )
+    ]
+    return job
+
+
 class SqliteJobStore(JobStore):
-    def __init__(self, database: SqliteDatabase) -> None:
+    def __init__(self, database: SqliteDatabase, *, webhook_urls: Sequence[str] = ()) -> None:
         self.database = database
+        self.webhook_urls = tuple(webhook_urls)
 
     async def create(self, job: Job) -> None:
         def create(db: sqlite3.Connection) -> None:
@@ -71,16 +86,7 @@ class SqliteJobStore(JobStore):
     async def get(self, job_id: str, *, errors: int = 100) -> Job | None:
         def get(db: sqlite3.Connection) -> Job | None:
             row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                return None
-            job = _counted(db, _job(row))
-            job.errors = [
-                RowError(r["row"], r["email"], r["reason"])
-                for r in db.execute(
-                    "SELECT row, email, reason FROM job_errors WHERE job_id = ? ORDER BY row LIMIT ?", (job_id, errors)
-                )
-            ]
-            return job
+            return None if row is None else _with_errors(db, job_id, errors)
 
         return await self.database.read(get)
 
@@ -141,11 +147,15 @@ class SqliteJobStore(JobStore):
         await self.database.write(add_chunk)
 
     async def finish(self, job_id: str, *, status: str, reason: str | None, now: float) -> None:
-        await self.database.write(
-            lambda db: db.execute(
+        def finish(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE jobs SET status = ?, reason = ?, finished_at = ? WHERE id = ?", (status, reason, now, job_id)
             )
-        )
+            if self.webhook_urls:
+                # job.finished, in the finish's own transaction.
+                write_events(db, [job_event(_with_errors(db, job_id), now)], self.webhook_urls)
+
+        await self.database.write(finish)
 
     async def errors_after(self, job_id: str, row: int, limit: int) -> list[RowError]:
         def errors_after(db: sqlite3.Connection) -> list[RowError]:

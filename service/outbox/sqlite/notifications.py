@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.domain import HISTORY_LIMIT, Bounce, Outcome, Refusal, Status, reply_code
+from service.outbox import webhooks
 from service.outbox.errors import IdempotencyKeyTaken, OutboxUnavailable, QueueFull
 from service.outbox.idempotency import IdempotencyRecord
 from service.outbox.notifications import Notification, NotificationStore, Page
@@ -30,6 +31,7 @@ from service.outbox.rows import (
 from service.outbox.sqlite.database import SqliteDatabase
 from service.outbox.sqlite.idempotency import insert_record
 from service.outbox.sqlite.suppressions import record_bounces
+from service.outbox.sqlite.webhooks import event_written, write_events
 
 # What one add() asks for: its notifications, maybe an idempotency record.
 _Insert = tuple[Sequence[Notification], IdempotencyRecord | None]
@@ -43,11 +45,26 @@ class _Outcome:
     sql: str
     params: dict[str, Any]
     bounces: Sequence[Bounce] = ()
+    # The webhook event it causes (a type of service.outbox.webhooks) and the URLs it goes to; none without URLs.
+    event: str | None = None
+    webhook_urls: Sequence[str] = ()
 
     def write(self, db: sqlite3.Connection) -> None:
         landed = db.execute(self.sql, self.params).rowcount
         if landed and self.bounces:
             record_bounces(db, self.bounces, self.params["id"], self.params["now"])
+        if landed and self.event is not None and self.webhook_urls:
+            write_notification_event(db, self.event, self.params["id"], self.params["now"], self.webhook_urls)
+
+
+def write_notification_event(
+    db: sqlite3.Connection, event_type: str, notification_id: str, now: float, urls: Sequence[str]
+) -> None:
+    """Inside the status change's transaction: its event, carrying the status object as it now is."""
+    if event_type == webhooks.DELAYED and event_written(db, f"{webhooks.DELAYED}:{notification_id}"):
+        return
+    row = db.execute(f"SELECT {COLUMNS} FROM notifications WHERE id = ?", (notification_id,)).fetchone()
+    write_events(db, [webhooks.notification_event(event_type, notification_from_row(row), now)], urls)
 
 
 # Every write that waits for the next group commit.
@@ -139,9 +156,13 @@ _RECOVERED = "left sending by a process that stopped; sent again, perhaps a seco
 
 
 class SqliteNotificationStore(NotificationStore):
-    def __init__(self, database: SqliteDatabase, *, queue_limit: int | None = None) -> None:
+    def __init__(
+        self, database: SqliteDatabase, *, queue_limit: int | None = None, webhook_urls: Sequence[str] = ()
+    ) -> None:
         self.database = database
         self.queue_limit = queue_limit
+        # Set: every outcome writes its webhook event in its own transaction (none otherwise, at no cost).
+        self.webhook_urls = tuple(webhook_urls)
         self._group_commit = database.group_commit(self._write_group)
 
     # -- accepting ----------------------------------------------------------------------------------------
@@ -316,10 +337,12 @@ class SqliteNotificationStore(NotificationStore):
 
         await self.database.write(release)
 
-    async def _update(self, sql: str, params: dict[str, Any], bounces: Sequence[Bounce] = ()) -> None:
+    async def _update(
+        self, sql: str, params: dict[str, Any], bounces: Sequence[Bounce] = (), event: str | None = None
+    ) -> None:
         """An outcome, group-committed with whatever else is waiting: the eight workers of a busy dispatcher
         finish close together, and one transaction for their outcomes costs a fraction of eight."""
-        outcome = _Outcome(sql, params, bounces)
+        outcome = _Outcome(sql, params, bounces, event, self.webhook_urls)
         if not self._group_commit.running:
             await self.database.write(outcome.write)
             return
@@ -347,6 +370,7 @@ class SqliteNotificationStore(NotificationStore):
                 "entry": history_entry_json(Outcome.SENT, now, reply_code(smtp_reply), smtp_reply),
             },
             bounces,
+            webhooks.SENT,
         )
 
     async def mark_retry(
@@ -381,6 +405,8 @@ class SqliteNotificationStore(NotificationStore):
                 "entry": history_entry_json(outcome, now, smtp_code, error),
             },
             bounces,
+            # A send that shutdown cut short is no failure of the mail: no event.
+            webhooks.DELAYED if outcome == Outcome.RETRY else None,
         )
 
     async def mark_failed(
@@ -406,6 +432,7 @@ class SqliteNotificationStore(NotificationStore):
                 "entry": history_entry_json(Outcome.FAILED, now, smtp_code, error),
             },
             bounces,
+            webhooks.FAILED,
         )
 
     async def cancel(self, notification_id: str, now: float) -> Notification | None:
@@ -415,7 +442,12 @@ class SqliteNotificationStore(NotificationStore):
                 f" WHERE id = :id AND status IN ('{Status.SCHEDULED}', '{Status.QUEUED}') RETURNING {COLUMNS}",
                 {"id": notification_id, "now": now, "entry": history_entry_json(Outcome.CANCELED, now, None, None)},
             ).fetchone()
-            return notification_from_row(row) if row else None
+            if row is None:
+                return None
+            canceled = notification_from_row(row)
+            if self.webhook_urls:
+                write_events(db, [webhooks.notification_event(webhooks.CANCELED, canceled, now)], self.webhook_urls)
+            return canceled
 
         return await self.database.write(cancel)
 
