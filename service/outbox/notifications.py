@@ -221,6 +221,12 @@ class NotificationStore(abc.ABC):
         cannot both win. None when it was in no such status (or does not exist)."""
 
     @abc.abstractmethod
+    async def reschedule(self, notification_id: str, send_at: float, now: float) -> Notification | None:
+        """A `scheduled` notification due at `send_at` instead, in one conditional UPDATE: a claim and a reschedule
+        cannot both win. It stays `scheduled` (due at once when `send_at` has passed). None when it was not
+        `scheduled` (or does not exist)."""
+
+    @abc.abstractmethod
     async def next_due_at(self) -> float | None:
         """When the earliest `queued` or `scheduled` notification is due, or None when nothing waits."""
 

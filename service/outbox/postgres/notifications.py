@@ -437,6 +437,22 @@ class PostgresNotificationStore(NotificationStore):
                 await write_notification_event(conn, webhooks.CANCELED, canceled, now, self.webhook_urls)
         return canceled
 
+    async def reschedule(self, notification_id: str, send_at: float, now: float) -> Notification | None:
+        # As cancel(): a claim holds its row locked, and this UPDATE then finds it `sending`: the claim wins.
+        async with self.database.connection() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE notifications SET send_at = $2, next_attempt_at = $2, updated_at = $3"
+                f" WHERE id = $1 AND status = '{Status.SCHEDULED}' RETURNING {COLUMNS}",
+                notification_id,
+                send_at,
+                now,
+            )
+            if row is None:
+                return None
+            # Earlier than before, maybe: every replica's dispatcher looks again at when to wake.
+            await conn.execute(f"NOTIFY {CHANNEL}")
+        return notification_from_row(row)
+
     async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
         async with self.database.connection() as conn, conn.transaction():
             row = await conn.fetchrow(

@@ -451,6 +451,17 @@ class SqliteNotificationStore(NotificationStore):
 
         return await self.database.write(cancel)
 
+    async def reschedule(self, notification_id: str, send_at: float, now: float) -> Notification | None:
+        def reschedule(db: sqlite3.Connection) -> Notification | None:
+            row = db.execute(
+                "UPDATE notifications SET send_at = :send_at, next_attempt_at = :send_at, updated_at = :now"
+                f" WHERE id = :id AND status = '{Status.SCHEDULED}' RETURNING {COLUMNS}",
+                {"id": notification_id, "send_at": send_at, "now": now},
+            ).fetchone()
+            return notification_from_row(row) if row else None
+
+        return await self.database.write(reschedule)
+
     async def requeue_failed(self, notification_id: str, now: float) -> Notification | None:
         def requeue(db: sqlite3.Connection) -> Notification | None:
             row = db.execute(
