@@ -25,6 +25,8 @@ from service.domain import TAG_PATTERN
 SECRET_FIELDS = frozenset({"SMTP_PASSWORD", "API_KEYS", "OUTBOX_URL", "WEBHOOK_SECRET"})
 # Standard Webhooks' secret: whsec_ and base64 of 24 to 64 random bytes.
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+# The hosted APIs COMPAT_APIS may name.
+COMPAT_API_NAMES = ("resend", "postmark")
 # Shortest API key accepted: a guessable key is no key.
 MIN_API_KEY_LENGTH = 16
 
@@ -221,6 +223,45 @@ class Settings(BaseSettings):
         description="true (the compose stack's default): a URL may point at a private, loopback or link-local"
         " address. false: the SSRF guard; a URL whose host resolves to any non-public address stops the start.",
     )
+
+    # Compatibility: the hosted APIs' own routes, for their SDKs (docs/compat.md)
+    COMPAT_APIS: str = Field(
+        "",
+        description="Comma-separated hosted APIs whose SDKs may call this service: resend (under /compat/resend),"
+        " postmark (under /compat/postmark). Empty: neither is mounted.",
+    )
+    COMPAT_ALLOWED_FROM: str = Field(
+        "",
+        description="Comma-separated addresses and domains the compat APIs' `from`/`From` may name; empty: MAIL_FROM's"
+        " domain. The mail goes From MAIL_FROM, the requested address as its Reply-To when none is given.",
+    )
+    COMPAT_FETCH_ATTACHMENTS: bool = Field(
+        False,
+        description="true: a Resend attachment given by `path` (an http(s) URL) is fetched, at most"
+        " MAX_ATTACHMENT_BYTES within COMPAT_FETCH_TIMEOUT_SECONDS. false: such an attachment is refused (SSRF).",
+    )
+    COMPAT_FETCH_ALLOW_PRIVATE: bool = Field(
+        False,
+        description="With COMPAT_FETCH_ATTACHMENTS: true also fetches from private, loopback and link-local"
+        " addresses; false refuses a `path` whose host resolves to any of them.",
+    )
+    COMPAT_FETCH_TIMEOUT_SECONDS: float = Field(
+        10.0, gt=0, le=120, description="Deadline of one attachment fetch (COMPAT_FETCH_ATTACHMENTS)."
+    )
+
+    @field_validator("COMPAT_APIS")
+    @classmethod
+    def _check_compat_apis(cls, value: str) -> str:
+        unknown = [
+            name for name in (part.strip() for part in value.split(",")) if name and name not in COMPAT_API_NAMES
+        ]
+        if unknown:
+            raise ValueError(f"unknown API {unknown[0]!r}: choose among {', '.join(COMPAT_API_NAMES)}")
+        return value
+
+    def compat_apis(self) -> tuple[str, ...]:
+        """COMPAT_APIS as a list, each API once."""
+        return tuple(dict.fromkeys(name.strip() for name in self.COMPAT_APIS.split(",") if name.strip()))
 
     def webhook_urls(self) -> list[str]:
         """The configured webhook URLs; an empty list means no webhooks."""

@@ -25,6 +25,8 @@ from service.events.suppressions import SuppressionList
 from service.events.webhooks import WebhookSender
 from service.http import errors, ui
 from service.http.auth import UNAUTHORIZED_RESPONSE, require_api_key
+from service.http.compat import postmark, resend
+from service.http.compat.common import body_limit_error
 from service.http.idempotency import Idempotency
 from service.http.limits import LIMIT_RESPONSES, BodyLimitMiddleware, outbox_unavailable_handler, queue_full_handler
 from service.http.middleware import HttpMetricsMiddleware, RequestIdMiddleware
@@ -154,6 +156,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(suppressions.router, **guarded)
     app.include_router(webhooks.router, **guarded)
     app.include_router(tutorial.router, **guarded)
+    # The hosted APIs' routes (docs/compat.md), each with its own key check and error shape; off unless named.
+    compat = {"resend": resend, "postmark": postmark}
+    for name in settings.compat_apis():
+        app.include_router(compat[name].router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     # Last, so that the API's routes are matched first; the page checks its own session cookie.
@@ -164,7 +170,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Inside the request-id middleware, so a 413 carries X-Request-ID too.
     # The CSV upload streams to disk under its own MAX_UPLOAD_BYTES instead.
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES, exempt=frozenset({jobs.UPLOAD_PATH, ui.UPLOAD_PATH})
+        BodyLimitMiddleware,
+        max_bytes=settings.MAX_BODY_BYTES,
+        exempt=frozenset({jobs.UPLOAD_PATH, ui.UPLOAD_PATH}),
+        error_bodies={compat[name].PREFIX: body_limit_error(compat[name].SHAPE) for name in settings.compat_apis()},
     )
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so that its clock covers the other middleware too.

@@ -11,6 +11,8 @@ into memory.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -116,6 +118,10 @@ async def outbox_unavailable_handler(request: Request, exc: Exception) -> JSONRe
     )
 
 
+# A refusal's status and detail → the status and JSON body a path prefix answers with.
+ErrorBody = Callable[[int, Any], tuple[int, Any]]
+
+
 class BodyRefused(HTTPException):
     """Raised while the body is read: FastAPI lets an HTTPException from there through to its handler."""
 
@@ -135,12 +141,19 @@ class BodyLimitMiddleware:
     body's nesting is checked once it is whole, before the app parses it."""
 
     def __init__(
-        self, app: ASGIApp, max_bytes: int, exempt: frozenset[str] = frozenset(), max_json_depth: int = MAX_JSON_DEPTH
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        exempt: frozenset[str] = frozenset(),
+        max_json_depth: int = MAX_JSON_DEPTH,
+        error_bodies: dict[str, ErrorBody] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.exempt = exempt
         self.max_json_depth = max_json_depth
+        # Path prefix → the refusal's body there (the compat APIs' own error shapes); elsewhere {"detail": ...}.
+        self.error_bodies = error_bodies or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
@@ -148,7 +161,7 @@ class BodyLimitMiddleware:
             return
         declared, is_json = _content_length_and_json(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(send, BodyTooLarge(self.max_bytes))
+            await self._refuse(scope, send, BodyTooLarge(self.max_bytes))
             return
 
         received = 0
@@ -182,14 +195,18 @@ class BodyLimitMiddleware:
             # Reached here only when nothing inside turned it into a response (a route that streams the body).
             if started:
                 raise
-            await self._refuse(send, refused)
+            await self._refuse(scope, send, refused)
 
-    async def _refuse(self, send: Send, refused: BodyRefused) -> None:
-        body = json.dumps({"detail": refused.detail}, separators=(",", ":")).encode()
+    async def _refuse(self, scope: Scope, send: Send, refused: BodyRefused) -> None:
+        shaped = next((make for prefix, make in self.error_bodies.items() if scope["path"].startswith(prefix)), None)
+        status, content = (
+            shaped(refused.status_code, refused.detail) if shaped else (refused.status_code, {"detail": refused.detail})
+        )
+        body = json.dumps(content, separators=(",", ":")).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": refused.status_code,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
