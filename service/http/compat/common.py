@@ -103,9 +103,15 @@ class ErrorShape:
 
     def describe(self, errors: Sequence[Any]) -> str:
         return "; ".join(
-            f"{self.field(error.get('loc', ()))}: {str(error.get('msg', '')).removeprefix('Value error, ')}"
+            f"{self.field(error.get('loc', ()))}: {self.words(str(error.get('msg', '')).removeprefix('Value error, '))}"
             for error in errors
         )
+
+    def words(self, message: str) -> str:
+        """A message of ours that names our fields (`text`) naming the API's (`TextBody`) instead."""
+        for ours, theirs in self.field_names.items():
+            message = message.replace(f"`{ours}`", f"`{theirs}`")
+        return message
 
 
 def refusal_of(exc: Exception, shape: ErrorShape) -> Refusal | None:
