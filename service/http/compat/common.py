@@ -122,7 +122,7 @@ def refusal_of(exc: Exception, shape: ErrorShape) -> Refusal | None:
         errors = json_safe(jsonable_encoder(exc.errors()))
         kinds = {error.get("type") for error in errors}
         if "idempotency_key_reused" in kinds:
-            return Refusal(409, "idempotency_reused", shape.describe(errors))
+            return Refusal(409, "idempotency_reused", "; ".join(str(error.get("msg")) for error in errors))
         if "suppressed" in kinds:
             suppressed = next(error for error in errors if error.get("type") == "suppressed")
             addresses = suppressed.get("input") if isinstance(suppressed.get("input"), list) else []

@@ -128,6 +128,8 @@ class ResendUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scheduled_at: SendAt
+    # The SDK sends the id in the body too; the path's is the one used.
+    id: str | None = None
 
 
 def _reply_to(value: Addresses | None) -> str | None:
