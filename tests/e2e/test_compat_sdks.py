@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +19,7 @@ import pytest
 import resend
 import resend.exceptions
 
-from tests.e2e.processes import ServiceProcess, service_env, start_service
+from tests.e2e.processes import ROOT, ServiceProcess, service_env, start_service
 from tests.smtp_sink import SmtpSink
 
 KEY = "re_compat-e2e-key-0123456789"
@@ -247,3 +250,30 @@ async def test_postmark_bad_input_and_a_wrong_token_raise_the_sdks_own_errors(
     finally:
         await wrong.close()
     assert smtp_sink.received == []
+
+
+def readme_snippets() -> list[str]:
+    """The README's two snippets, as written: the section's ```python blocks."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Resend and Postmark SDKs", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+
+
+async def test_the_readmes_snippets_send_as_written(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    snippets = readme_snippets()
+    assert len(snippets) == 2
+    # As the compose stack runs: both APIs on, API_KEYS empty.
+    env = service_env(tmp_path / "outbox.sqlite3", smtp_sink.port, COMPAT_APIS="resend,postmark")
+    service = await start_service(env, tmp_path / "uvicorn.log")
+    try:
+        for snippet in snippets:
+            assert "http://localhost:8000/compat/" in snippet
+            code = snippet.replace("http://localhost:8000", service.base_url)
+            ran = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+            )
+            assert ran.returncode == 0, ran.stderr
+        mails = await smtp_sink.wait_for(2)
+    finally:
+        service.stop()
+    assert [m.rcpt_tos for m in mails] == [["ada@example.com"], ["ada@example.com"]]
