@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import resend
 
 NOTIFIER_URL = os.environ.get("NOTIFIER_URL", "http://localhost:8000").rstrip("/")
 MAILHOG_URL = os.environ.get("MAILHOG_URL", "http://localhost:8025").rstrip("/")
@@ -196,3 +197,31 @@ def headers_in_inbox(client: httpx.Client, address: str) -> dict[str, str]:
         return {}
     raw = client.get(f"{MAILHOG_URL}/api/v1/message/{found['messages'][0]['ID']}/headers").raise_for_status().json()
     return {name.lower(): values[0] for name, values in raw.items()}
+
+
+def test_a_mail_sent_with_resends_sdk_arrives_in_the_inbox(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/compat.md against the stack (compose sets COMPAT_APIS): Resend's own SDK, only its base URL changed.
+    token = uuid.uuid4().hex[:12]
+    address = f"smoke-resend-{token}@example.com"
+    monkeypatch.setattr(resend, "api_key", os.environ.get("NOTIFIER_API_KEY", "re_smoke"))
+    monkeypatch.setattr(resend, "api_url", f"{NOTIFIER_URL}/compat/resend")
+    sent = resend.Emails.send(
+        {
+            "from": "Smoke <smoke@example.com>",
+            "to": [address],
+            "subject": f"Resend smoke {token}",
+            "text": f"Sent with Resend's SDK {token}.",
+        }
+    )
+
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while (mail := find_in_mailhog(client, address)) is None:
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"no mail to {address} in {DEADLINE_SECONDS:.0f}s; Resend's view: {resend.Emails.get(sent['id'])}"
+            )
+        time.sleep(0.2)
+    assert mail["subject"] == f"Resend smoke {token}"
+    assert f"Sent with Resend's SDK {token}." in mail["body"]
