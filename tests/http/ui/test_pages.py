@@ -7,6 +7,7 @@ import asyncio
 import html
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,22 @@ async def test_the_send_form_renders_a_template_with_its_variables(service: Serv
     assert mail.message["Subject"] == "Welcome to Example, Ada!"
 
 
+async def test_the_send_form_schedules_in_the_browsers_time_zone(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    # New York is UTC-5 in January and UTC-4 in July: the zone, not today's offset, decides the moment.
+    year = datetime.now(UTC).year + 1
+    moments = {f"{year}-01-15T09:30": f"{year}-01-15T14:30", f"{year}-07-15T09:30": f"{year}-07-15T13:30"}
+    async with running(make_settings(tmp_path, smtp_sink.port, MAX_SCHEDULE_DAYS=800)) as service:
+        for wall_clock, utc in moments.items():
+            form = {"to": "ada@example.com", "mode": "write", "subject": "Later", "text": "x"}
+            form |= {"send_at_local": wall_clock, "time_zone": "America/New_York", "csrf": await csrf(service.client)}
+            response = await service.client.post("/ui/send", data=form)
+
+            assert response.status_code == 303, text_of(response)
+            status = await service.client.get(f"/v1/notifications/{response.headers['location'].rpartition('/')[2]}")
+            assert status.json()["status"] == "scheduled"
+            assert datetime.fromisoformat(status.json()["send_at"]) == datetime.fromisoformat(utc).replace(tzinfo=UTC)
+
+
 @pytest.mark.parametrize(
     ("form", "api_body", "field"),
     [
@@ -249,8 +266,13 @@ async def test_the_send_form_renders_a_template_with_its_variables(service: Serv
             {"to": ["ada@example.com"], "template": "nope", "data": {}},
             "template",
         ),
+        (
+            {"to": "ada@example.com", "subject": "Hi", "text": "x", "send_at_local": "2999-01-01T09:00"},
+            {"to": ["ada@example.com"], "subject": "Hi", "text": "x", "send_at": "2999-01-01T09:00:00+00:00"},
+            "send_at",
+        ),
     ],
-    ids=["bad address", "empty subject", "no body", "missing variable", "unknown template"],
+    ids=["bad address", "empty subject", "no body", "missing variable", "unknown template", "too far ahead"],
 )
 async def test_a_refusal_is_shown_beside_its_field_in_the_apis_words(
     service: Service, form: dict[str, str], api_body: dict[str, object], field: str
