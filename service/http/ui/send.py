@@ -26,7 +26,7 @@ from service.outbox import QueueFull
 router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
 AccessDep = Annotated[Access, Depends(require_access)]
 
-FIELDS = ("to", "cc", "subject", "text", "html", "template", "data", "send_at")
+FIELDS = ("from", "to", "cc", "subject", "text", "html", "template", "data", "send_at")
 # One address after another, split at commas and line ends outside double quotes ("Lovelace, Ada" <ada@…>).
 _ADDRESS = re.compile(r'(?:"[^"]*"|[^,\n"])+')
 
@@ -52,6 +52,8 @@ def request_body(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     """The JSON body the API would have been sent, and the form's values as typed (to fill the form again)."""
     values = {name: str(value) for name, value in form.multi_items() if isinstance(value, str)}
     body: dict[str, Any] = {"to": split_addresses(values.get("to", "")), "cc": split_addresses(values.get("cc", ""))}
+    if sender := values.get("from", "").strip():
+        body["from"] = sender
     if values.get("mode") == "template":
         template = values.get("template", "")
         prefix = f"data.{template}."

@@ -187,6 +187,7 @@ async def test_the_html_part_is_served_under_a_policy_that_runs_and_fetches_noth
 
 async def test_the_send_form_accepts_a_mail_the_apis_way(service: Service, smtp_sink: SmtpSink) -> None:
     form = {
+        "from": "Example Billing <billing@example.com>",
         "to": 'ada@example.com, "Lovelace, Ada" <ada.l@example.com>',
         "cc": "carol@example.com",
         "mode": "write",
@@ -205,6 +206,8 @@ async def test_the_send_form_accepts_a_mail_the_apis_way(service: Service, smtp_
     assert status["request_id"]
     [mail] = await smtp_sink.wait_for(1)
     assert mail.message["Subject"] == "From the page"
+    assert mail.message["From"] == "Example Billing <billing@example.com>"
+    assert mail.mail_from == "billing@example.com"
 
 
 async def test_the_send_form_renders_a_template_with_its_variables(service: Service, smtp_sink: SmtpSink) -> None:
@@ -271,8 +274,13 @@ async def test_the_send_form_schedules_in_the_browsers_time_zone(tmp_path: Path,
             {"to": ["ada@example.com"], "subject": "Hi", "text": "x", "send_at": "2999-01-01T09:00:00+00:00"},
             "send_at",
         ),
+        (
+            {"from": "billing@elsewhere.example", "to": "ada@example.com", "subject": "Hi", "text": "x"},
+            {"from": "billing@elsewhere.example", "to": ["ada@example.com"], "subject": "Hi", "text": "x"},
+            "from",
+        ),
     ],
-    ids=["bad address", "empty subject", "no body", "missing variable", "unknown template", "too far ahead"],
+    ids=["bad address", "empty subject", "no body", "missing variable", "unknown template", "too far ahead", "sender"],
 )
 async def test_a_refusal_is_shown_beside_its_field_in_the_apis_words(
     service: Service, form: dict[str, str], api_body: dict[str, object], field: str
