@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.domain import TAG_PATTERN
@@ -29,6 +29,10 @@ WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 COMPAT_API_NAMES = ("resend", "postmark")
 # Shortest API key accepted: a guessable key is no key.
 MIN_API_KEY_LENGTH = 16
+
+
+# A DNS name, as ALLOWED_FROM names a domain (one label too: `localhost` in development).
+_DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$")
 
 
 class Settings(BaseSettings):
@@ -62,7 +66,18 @@ class Settings(BaseSettings):
     SEND_TIMEOUT_SECONDS: float = Field(
         30.0, gt=0, description="Deadline for one whole send; a stalled server frees the worker after it."
     )
-    MAIL_FROM: str = Field("notifications@example.com", min_length=3, description="Envelope sender and From header.")
+    MAIL_FROM: str = Field(
+        "notifications@example.com",
+        min_length=3,
+        description="Envelope sender and From header, unless a request names its own `from` (ALLOWED_FROM).",
+    )
+    # Also read as COMPAT_ALLOWED_FROM, the name the hosted-API compatibility layer's contract uses (issue 20).
+    ALLOWED_FROM: str = Field(
+        "",
+        validation_alias=AliasChoices("ALLOWED_FROM", "COMPAT_ALLOWED_FROM"),
+        description="Comma-separated addresses and domains a request's `from` may use (a domain allows every"
+        " address at it); empty: MAIL_FROM's domain only. Also read as COMPAT_ALLOWED_FROM.",
+    )
 
     # Outbox: where accepted mail waits, on disk
     OUTBOX_PATH: Path = Field(Path("data/outbox.sqlite3"), description="SQLite file of the outbox.")
@@ -224,16 +239,31 @@ class Settings(BaseSettings):
         " address. false: the SSRF guard; a URL whose host resolves to any non-public address stops the start.",
     )
 
+    @field_validator("ALLOWED_FROM")
+    @classmethod
+    def _check_allowed_from(cls, value: str) -> str:
+        for entry in value.split(","):
+            entry = entry.strip()
+            local, at, domain = entry.rpartition("@")
+            if entry and (not _DOMAIN.match(domain) or (at and not local) or any(c in entry for c in ' <>"')):
+                raise ValueError(f"{entry!r} is neither an address (billing@example.com) nor a domain (example.com)")
+        return value
+
+    def allowed_from(self) -> tuple[frozenset[str], frozenset[str]]:
+        """ALLOWED_FROM as (addresses, domains), lower-cased; empty: MAIL_FROM's domain alone."""
+        entries = [entry.strip().lower() for entry in self.ALLOWED_FROM.split(",") if entry.strip()]
+        if not entries:
+            entries = [self.MAIL_FROM.rpartition("@")[2].rstrip(">").strip().lower()]
+        return (
+            frozenset(entry for entry in entries if "@" in entry),
+            frozenset(entry for entry in entries if "@" not in entry),
+        )
+
     # Compatibility: the hosted APIs' own routes, for their SDKs (docs/compat.md)
     COMPAT_APIS: str = Field(
         "",
         description="Comma-separated hosted APIs whose SDKs may call this service: resend (under /compat/resend),"
         " postmark (under /compat/postmark). Empty: neither is mounted.",
-    )
-    COMPAT_ALLOWED_FROM: str = Field(
-        "",
-        description="Comma-separated addresses and domains the compat APIs' `from`/`From` may name; empty: MAIL_FROM's"
-        " domain. The mail goes From MAIL_FROM, the requested address as its Reply-To when none is given.",
     )
     COMPAT_FETCH_ATTACHMENTS: bool = Field(
         False,

@@ -209,7 +209,7 @@ class SmtpConnection:
 
     async def send(self, notification: Notification) -> SendTaken:
         """Send within SEND_TIMEOUT_SECONDS; raise DeliveryFailed saying whether a retry may help."""
-        sender = addr_spec(self.settings.MAIL_FROM)
+        sender = addr_spec(self.mail_from(notification))
         recipients = envelope_recipients(notification)
         if not recipients:
             # What send_message refused before it sent anything.
@@ -295,7 +295,9 @@ class SmtpConnection:
         elif not data.isascii():
             # Only the stdlib path writes 8bit; without 8BITMIME it re-encodes those parts as 7bit.
             data = self._signed(
-                build_stdlib_bytes(mail.notification, self.settings.MAIL_FROM, utf8=mail.utf8, cte_type="7bit")
+                build_stdlib_bytes(
+                    mail.notification, self.mail_from(mail.notification), utf8=mail.utf8, cte_type="7bit"
+                )
             )
         return await smtp.sendmail(mail.sender, mail.recipients, data, mail_options=options)
 
@@ -315,8 +317,12 @@ class SmtpConnection:
                 )
         return classify(exc)
 
+    def mail_from(self, notification: Notification) -> str:
+        """The From header: the notification's own sender (the request's `from`), else MAIL_FROM."""
+        return notification.sender or self.settings.MAIL_FROM
+
     def _build_signed(self, notification: Notification, utf8: bool) -> bytes:
-        return self._signed(build_mail_bytes(notification, self.settings.MAIL_FROM, utf8=utf8))
+        return self._signed(build_mail_bytes(notification, self.mail_from(notification), utf8=utf8))
 
     def _signed(self, data: bytes) -> bytes:
         """The wire bytes as they leave: with their DKIM signature when DKIM is on, signed here and never at

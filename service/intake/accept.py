@@ -89,6 +89,8 @@ def build_notification(request: NotificationRequest, settings: Settings, request
             ]
         )
     assert request.subject is not None, "a template request is rendered first (render_request)"
+    if request.sender is not None:
+        check_sender(request.sender, settings)
     now = time.time()
     send_at = scheduled_for(request.send_at, settings, now)
     attachments, attachment_data = decode_attachments(
@@ -98,6 +100,7 @@ def build_notification(request: NotificationRequest, settings: Settings, request
     domain = message_id_domain(settings.MAIL_FROM)
     return Notification(
         id=notification_id,
+        sender=request.sender,
         to=request.to,
         cc=request.cc,
         bcc=request.bcc,
@@ -116,6 +119,27 @@ def build_notification(request: NotificationRequest, settings: Settings, request
         next_attempt_at=now if send_at is None else send_at,
         status=Status.QUEUED if send_at is None else Status.SCHEDULED,
         send_at=send_at,
+    )
+
+
+def check_sender(sender: str, settings: Settings) -> None:
+    """A request's `from` must be an address or at a domain of ALLOWED_FROM (default: MAIL_FROM's domain), so
+    that a client cannot send as anyone; 422 naming `from` otherwise."""
+    address = addr_spec(sender).lower()
+    addresses, domains = settings.allowed_from()
+    if address in addresses or address.rpartition("@")[2] in domains:
+        return
+    allowed = ", ".join(sorted(addresses | domains))
+    raise RequestValidationError(
+        [
+            _error(
+                ("body", "from"),
+                "sender_not_allowed",
+                f"sender domain not allowed: {address} is not in ALLOWED_FROM ({allowed});"
+                " set ALLOWED_FROM to the addresses or domains this service may send from",
+                sender,
+            )
+        ]
     )
 
 

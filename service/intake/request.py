@@ -228,8 +228,15 @@ Tag = Annotated[str, Field(pattern=TAG_PATTERN, examples=["welcome"])]
 class NotificationRequest(BaseModel):
     """A mail to send: at least one of `text` and `html`; with both, a multipart/alternative mail."""
 
-    model_config = ConfigDict(extra="forbid")
+    # `from` is a Python keyword: the attribute is `sender`, and the JSON (and the OpenAPI) say only "from".
+    model_config = ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=False, serialize_by_alias=True)
 
+    # The mail's From and envelope sender instead of MAIL_FROM; within ALLOWED_FROM (checked by the intake,
+    # which has the settings). Absent: MAIL_FROM, as before.
+    # Left out of a dump when absent, so an Idempotency-Key's fingerprint of an older body stays the same.
+    sender: EmailAddress | None = Field(
+        None, alias="from", examples=["Acme Billing <billing@example.com>"], exclude_if=lambda value: value is None
+    )
     to: list[EmailAddress] = Field(min_length=1)
     cc: list[EmailAddress] = Field(default_factory=list)
     bcc: list[EmailAddress] = Field(default_factory=list)

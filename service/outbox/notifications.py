@@ -47,6 +47,9 @@ class Notification:
     message_id: str
     created_at: float
     cc: list[str] = field(default_factory=list)
+    # The request's `from` (checked against ALLOWED_FROM): the From header and, as its addr-spec, the envelope
+    # sender. None: MAIL_FROM.
+    sender: str | None = None
     bcc: list[str] = field(default_factory=list)
     reply_to: str | None = None
     text: str | None = None

@@ -72,6 +72,7 @@ def notification_from_row(row: Any) -> Notification:
         status=Status(row["status"]),
         to=content["to"],
         cc=content["cc"],
+        sender=row["sender"],
         bcc=content["bcc"],
         reply_to=content["reply_to"],
         subject=content["subject"],

@@ -4,7 +4,9 @@ database so that replicas sharing one agree, and cheap at any table size (migrat
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.domain import Status
 
@@ -37,6 +39,34 @@ class QueueStats:
     recent_errors: list[ErrorEntry]
     # The same minutes, with the notifications that ended `failed` in each (by their last update).
     failed_per_minute: list[tuple[float, int]] = field(default_factory=list)
+
+    @classmethod
+    def from_rows(
+        cls,
+        gauges: QueueGauges,
+        minutes: range,
+        sent: Mapping[int, int],
+        failed: Mapping[int, int],
+        errors: Iterable[Mapping[str, Any]],
+    ) -> QueueStats:
+        """Both backends' answer from what they read: per-minute counts keyed by minute number (missing minutes
+        are 0) and the error rows with the columns id, status, attempts, last_error, updated_at, request_id."""
+        return cls(
+            gauges=gauges,
+            sent_per_minute=[(minute * 60.0, sent.get(minute, 0)) for minute in minutes],
+            failed_per_minute=[(minute * 60.0, failed.get(minute, 0)) for minute in minutes],
+            recent_errors=[
+                ErrorEntry(
+                    notification_id=row["id"],
+                    status=Status(row["status"]),
+                    attempts=row["attempts"],
+                    error=row["last_error"],
+                    at=row["updated_at"],
+                    request_id=row["request_id"],
+                )
+                for row in errors
+            ],
+        )
 
 
 class StatsStore(abc.ABC):

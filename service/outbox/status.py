@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, GetPydanticSchema
+from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema
 from pydantic_core import core_schema
 
 from service.domain import Status
@@ -54,8 +54,18 @@ class AttachmentStatus(BaseModel):
 
 
 class NotificationStatus(BaseModel):
+    # `from` is a Python keyword: the attribute is `sender`, and every dump (the API, the OpenAPI, webhook
+    # events) says "from".
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
+
     id: str
     status: StatusField
+    sender: str | None = Field(
+        None,
+        alias="from",
+        description="The request's `from`, as the mail's From carries it; null when it named none and the mail"
+        " goes out from the service's MAIL_FROM",
+    )
     to: list[str]
     cc: list[str]
     bcc: list[str]
@@ -92,6 +102,7 @@ def to_status(n: Notification) -> NotificationStatus:
     return NotificationStatus(
         id=n.id,
         status=n.status,
+        sender=n.sender,
         to=n.to,
         cc=n.cc,
         bcc=n.bcc,

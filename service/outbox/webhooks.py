@@ -93,6 +93,15 @@ class Delivery:
     seq: int | None = None
 
 
+# The columns delivery_from_row reads, in its order, and the join they come from: the same SQL on both backends.
+DELIVERY_COLUMNS = (
+    "d.seq, d.id, d.event_id, e.type, d.url, d.status, d.attempts, d.next_attempt_at, d.created_at, d.updated_at,"
+    " d.last_error, d.response_code, e.body"
+)
+DELIVERY_FROM = "webhook_deliveries AS d JOIN webhook_events AS e ON e.id = d.event_id"
+SELECT_DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM}"
+
+
 def delivery_from_row(row: Any) -> Delivery:
     """From a row of the implementations' COLUMNS (a sqlite3.Row or an asyncpg.Record: the same names)."""
     return Delivery(

@@ -216,14 +216,15 @@ def test_the_key_check_accepts_rsa_2048_to_4096_and_ed25519(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     "command",
     [
-        "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out dkim.pem",
-        "openssl genpkey -algorithm ed25519 -out dkim.pem",
+        "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out config/dkim.pem",
+        "openssl genpkey -algorithm ed25519 -out config/dkim.pem",
     ],
 )
 def test_the_documented_openssl_commands_make_a_key_that_loads(command: str, tmp_path: Path) -> None:
     assert command in (ROOT / "docs/production-mail.md").read_text()
+    (tmp_path / "config").mkdir()  # run from the project's folder, which has config/
     subprocess.run(command.split(), cwd=tmp_path, check=True, capture_output=True)
-    assert load_key(tmp_path / "dkim.pem").dns_record().startswith("v=DKIM1; k=")
+    assert load_key(tmp_path / "config/dkim.pem").dns_record().startswith("v=DKIM1; k=")
 
 
 def bad_keys(tmp_path: Path) -> dict[str, tuple[dict[str, str], str]]:

@@ -81,7 +81,7 @@ async def test_resend_sends_with_attachments_cc_and_bcc(resend_sdk: Any, smtp_si
     assert set(mail.rcpt_tos) == {"ada@example.com", "carol@example.com", "dave@example.com"}
     message = mail.message
     assert (message["Subject"], message["Cc"], message["Bcc"]) == ("Invoice", "carol@example.com", None)
-    assert message["Reply-To"] == "Acme <hello@example.com>"
+    assert (message["From"], mail.mail_from) == ("Acme <hello@example.com>", "hello@example.com")
     assert message["X-Entity-Ref-ID"] == "42"
     parts = {part.get_filename(): part for part in message.walk() if part.get_filename()}
     assert parts["invoice.pdf"].get_payload(decode=True) == b"%PDF-1.4 invoice"

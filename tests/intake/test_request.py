@@ -39,3 +39,11 @@ def test_a_nul_in_a_body_is_refused(field: str) -> None:
     with pytest.raises(ValidationError, match="NUL") as caught:
         NotificationRequest.model_validate({"to": ["ada@example.com"], "subject": "Hi", field: "a\x00b"})
     assert caught.value.errors()[0]["loc"] == (field,)
+
+
+def test_from_is_dumped_only_when_given_so_an_older_bodys_fingerprint_stays() -> None:
+    plain = {"to": ["ada@example.com"], "subject": "Hi", "text": "Hi"}
+    assert "from" not in NotificationRequest.model_validate(plain).model_dump(mode="json")
+    with_sender = NotificationRequest.model_validate({**plain, "from": "Billing <billing@example.com>"})
+    assert with_sender.sender == "Billing <billing@example.com>"
+    assert with_sender.model_dump(mode="json")["from"] == "Billing <billing@example.com>"

@@ -4,10 +4,12 @@ takes it; a refused field says why beside it."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import httpx
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.smtp_sink import SmtpSink, free_port
 from tests.ui.conftest import StartService
@@ -80,3 +82,27 @@ async def test_a_template_shows_its_variables_as_fields(
 
     await expect(page.locator("#summary .badge")).to_have_text("sent", timeout=WAIT_MS)
     await expect(page.locator("h1")).to_have_text("Welcome to Example, Ada!")
+
+
+async def test_send_at_is_read_in_the_browsers_time_zone(browser: Browser, start_ui_service: StartService) -> None:
+    service = await start_ui_service()
+    context = await browser.new_context(timezone_id="Asia/Tokyo")  # UTC+9 all year: no daylight saving
+    context.set_default_timeout(15_000)
+    try:
+        page = await context.new_page()
+        tomorrow_in_tokyo = (datetime.now(UTC) + timedelta(days=1)).astimezone(timezone(timedelta(hours=9)))
+        wall_clock = tomorrow_in_tokyo.replace(hour=9, minute=30, second=0, microsecond=0)
+        await page.goto(f"{service.base_url}/ui/send")
+        await page.get_by_label("To").fill("ada@example.com")
+        await page.get_by_label("Subject").fill("Tomorrow morning in Tokyo")
+        await page.get_by_label("Text").fill("x")
+        await page.get_by_label("Send at").fill(wall_clock.strftime("%Y-%m-%dT%H:%M"))
+        await page.get_by_role("button", name="Send").click()
+
+        await expect(page).to_have_url(re.compile(r"/ui/notifications/[0-9a-f-]{36}$"))
+        await expect(page.locator("#summary .badge")).to_have_text("scheduled")
+        async with httpx.AsyncClient(base_url=service.base_url) as api:
+            status = (await api.get(f"/v1/notifications/{page.url.rpartition('/')[2]}")).json()
+        assert datetime.fromisoformat(status["send_at"]) == wall_clock
+    finally:
+        await context.close()

@@ -17,14 +17,13 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from service.config import Settings
-from service.delivery.mime import addr_spec
 from service.http.auth import api_key_id, matching_key
 from service.http.deps import Accepting
 from service.http.errors import json_safe
 from service.http.limits import RETRY_AFTER_SECONDS, UNAVAILABLE_RETRY_AFTER_SECONDS, queue_full_detail
 from service.intake.accept import Intake
 from service.intake.attachments import AttachmentsTooLarge
-from service.intake.request import NotificationRequest, normalize_address
+from service.intake.request import NotificationRequest
 from service.outbox import IdempotencyKeyTaken, Notification, OutboxUnavailable, QueueFull
 
 log = structlog.get_logger("service.http.compat")
@@ -310,34 +309,7 @@ def split_addresses(value: str | list[str] | None) -> list[str]:
     return [part.strip() for part in parts if part.strip()]
 
 
-def allowed_senders(settings: Settings) -> list[str]:
-    """COMPAT_ALLOWED_FROM's entries, lower-cased: an address, or a domain (every address at it); unset, MAIL_FROM's
-    domain."""
-    configured = [entry.strip().lower() for entry in settings.COMPAT_ALLOWED_FROM.split(",") if entry.strip()]
-    return configured or [addr_spec(settings.MAIL_FROM).rpartition("@")[2].lower()]
-
-
-def sender_fields(requested: str, reply_to: Any, settings: Settings, field: str) -> dict[str, Any]:
-    """The request's `from` checked against COMPAT_ALLOWED_FROM. The mail still goes From MAIL_FROM (our requests
-    have no sender of their own); the requested address becomes its Reply-To when the request names none, so a
-    reply still reaches it."""
-    try:
-        address = normalize_address(requested)
-    except ValueError as exc:
-        raise RequestValidationError(
-            [{"type": "value_error", "loc": ("body", field), "msg": str(exc), "input": requested}]
-        ) from None
-    bare = addr_spec(address).lower()
-    allowed = allowed_senders(settings)
-    if bare not in allowed and bare.rpartition("@")[2] not in allowed:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "sender_not_allowed",
-                    "loc": ("body", field),
-                    "msg": f"{bare} may not send here: COMPAT_ALLOWED_FROM allows {', '.join(allowed)}",
-                    "input": requested,
-                }
-            ]
-        )
-    return {} if reply_to else {"reply_to": address}
+def sender_fields(requested: str) -> dict[str, Any]:
+    """The API's sender as our request's `from`: the mail's From and envelope sender. The intake checks it
+    against ALLOWED_FROM (also read as COMPAT_ALLOWED_FROM), as for /v1."""
+    return {"from": requested}

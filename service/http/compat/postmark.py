@@ -50,6 +50,7 @@ class PostmarkErrors(ErrorShape):
         "metadata": "Metadata",
         "template": "TemplateAlias",
         "data": "TemplateModel",
+        "from": "From",
     }
     CODES: ClassVar[dict[str, int]] = {
         "missing_key": 10,
@@ -187,7 +188,7 @@ def tag_of(value: str) -> str:
     return tag
 
 
-def _common_fields(email: PostmarkEmail | PostmarkTemplateEmail, settings: Settings) -> dict[str, Any]:
+def _common_fields(email: PostmarkEmail | PostmarkTemplateEmail) -> dict[str, Any]:
     reply_to = split_addresses(email.ReplyTo)
     if len(reply_to) > 1:
         raise Refusal(422, "validation", f"ReplyTo: one address here, not {len(reply_to)}")
@@ -215,18 +216,18 @@ def _common_fields(email: PostmarkEmail | PostmarkTemplateEmail, settings: Setti
             for attachment in email.Attachments or []
         ],
     }
-    fields.update(sender_fields(email.From, fields["reply_to"], settings, "From"))
+    fields.update(sender_fields(email.From))
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def notification_fields(email: PostmarkEmail, settings: Settings) -> dict[str, Any]:
+def notification_fields(email: PostmarkEmail) -> dict[str, Any]:
     """A Postmark e-mail as our NotificationRequest's fields; every check of those stays the intake's."""
-    fields = _common_fields(email, settings)
+    fields = _common_fields(email)
     fields.update({"subject": email.Subject, "text": email.TextBody, "html": email.HtmlBody})
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def template_fields(email: PostmarkTemplateEmail, settings: Settings) -> dict[str, Any]:
+def template_fields(email: PostmarkTemplateEmail) -> dict[str, Any]:
     """A template send: TemplateAlias names one of our templates, TemplateModel is its `data`."""
     if email.TemplateAlias is None:
         raise Refusal(
@@ -235,7 +236,7 @@ def template_fields(email: PostmarkTemplateEmail, settings: Settings) -> dict[st
             "TemplateAlias: give the template's name (GET /v1/templates lists them); templates here have names,"
             " not numeric TemplateIds",
         )
-    return {**_common_fields(email, settings), "template": email.TemplateAlias, "data": email.TemplateModel}
+    return {**_common_fields(email), "template": email.TemplateAlias, "data": email.TemplateModel}
 
 
 def sent(notification: Notification) -> dict[str, Any]:
@@ -266,12 +267,9 @@ async def send_email(
     email: PostmarkEmail,
     request: Request,
     background: BackgroundTasks,
-    settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    return await accept_one(
-        request, background, email, lambda: notification_fields(email, settings), sent, idempotency_key
-    )
+    return await accept_one(request, background, email, lambda: notification_fields(email), sent, idempotency_key)
 
 
 @router.post("/email/withTemplate", summary="Postmark: send an e-mail from one of our templates")
@@ -281,10 +279,9 @@ async def send_with_template(
     email: PostmarkTemplateEmail,
     request: Request,
     background: BackgroundTasks,
-    settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    return await accept_one(request, background, email, lambda: template_fields(email, settings), sent, idempotency_key)
+    return await accept_one(request, background, email, lambda: template_fields(email), sent, idempotency_key)
 
 
 async def _send_items(
@@ -305,8 +302,8 @@ async def _send_items(
 
     def item_fields(email: Any) -> dict[str, Any]:
         if isinstance(email, PostmarkTemplateEmail):
-            return template_fields(email, settings)
-        return notification_fields(email, settings)
+            return template_fields(email)
+        return notification_fields(email)
 
     def judge(intake: Intake) -> list[Notification | Refusal]:
         results: list[Notification | Refusal] = []

@@ -162,7 +162,7 @@ def _attachment(attachment: ResendAttachment, fetched: bytes | None, position: i
     return fields
 
 
-def notification_fields(email: ResendEmail, settings: Settings, fetched: dict[int, bytes]) -> dict[str, Any]:
+def notification_fields(email: ResendEmail, fetched: dict[int, bytes]) -> dict[str, Any]:
     """A Resend e-mail as our NotificationRequest's fields; every check of those stays the intake's."""
     reply_to = _reply_to(email.reply_to)
     fields: dict[str, Any] = {
@@ -180,8 +180,8 @@ def notification_fields(email: ResendEmail, settings: Settings, fetched: dict[in
         ],
         "send_at": email.scheduled_at,
         "reply_to": reply_to,
+        **sender_fields(email.from_),
     }
-    fields.update(sender_fields(email.from_, reply_to, settings, "from"))
     return {key: value for key, value in fields.items() if value is not None}
 
 
@@ -273,7 +273,7 @@ def email_object(notification: Notification, settings: Settings) -> dict[str, An
         "object": "email",
         "id": notification.id,
         "to": notification.to,
-        "from": settings.MAIL_FROM,
+        "from": notification.sender or settings.MAIL_FROM,
         "created_at": _time(notification.created_at),
         "subject": notification.subject,
         "html": notification.html,
@@ -300,7 +300,7 @@ async def send_email(
         request,
         background,
         email,
-        lambda: notification_fields(email, settings, fetched),
+        lambda: notification_fields(email, fetched),
         lambda notification: {"id": notification.id},
         idempotency_key,
     )
@@ -346,7 +346,7 @@ async def send_batch(
             results.append(
                 build_item(
                     intake,
-                    functools.partial(notification_fields, email, settings, files),
+                    functools.partial(notification_fields, email, files),
                     request.state.request_id,
                     SHAPE,
                 )

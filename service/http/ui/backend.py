@@ -69,13 +69,18 @@ class Backend:
         """What the SMTP server is told: MAIL FROM and every RCPT TO (Bcc included; after a partial refusal,
         the recipients left to try)."""
         recipients = notification.envelope or notification.recipients
-        return Envelope(addr_spec(self.settings.MAIL_FROM), [addr_spec(address) for address in recipients])
+        return Envelope(
+            addr_spec(notification.sender or self.settings.MAIL_FROM), [addr_spec(address) for address in recipients]
+        )
 
     def headers(self, notification: Notification) -> list[tuple[str, str]]:
         """The mail's top-level headers as the mailer builds them (the MIME layer's own function). Attachments as
         empty files: their bytes are not read for a page, and the top-level headers do not depend on them."""
         shape = replace(notification, attachment_data=[b""] * len(notification.attachments))
-        return [(name, str(value)) for name, value in build_message(shape, self.settings.MAIL_FROM).items()]
+        return [
+            (name, str(value))
+            for name, value in build_message(shape, notification.sender or self.settings.MAIL_FROM).items()
+        ]
 
     def mail_templates(self) -> list[MailTemplate]:
         return list(self.templates)

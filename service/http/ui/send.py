@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.encoders import jsonable_encoder
@@ -24,7 +26,7 @@ from service.outbox import QueueFull
 router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
 AccessDep = Annotated[Access, Depends(require_access)]
 
-FIELDS = ("to", "cc", "subject", "text", "html", "template", "data")
+FIELDS = ("from", "to", "cc", "subject", "text", "html", "template", "data", "send_at")
 # One address after another, split at commas and line ends outside double quotes ("Lovelace, Ada" <ada@…>).
 _ADDRESS = re.compile(r'(?:"[^"]*"|[^,\n"])+')
 
@@ -50,6 +52,8 @@ def request_body(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     """The JSON body the API would have been sent, and the form's values as typed (to fill the form again)."""
     values = {name: str(value) for name, value in form.multi_items() if isinstance(value, str)}
     body: dict[str, Any] = {"to": split_addresses(values.get("to", "")), "cc": split_addresses(values.get("cc", ""))}
+    if sender := values.get("from", "").strip():
+        body["from"] = sender
     if values.get("mode") == "template":
         template = values.get("template", "")
         prefix = f"data.{template}."
@@ -62,7 +66,24 @@ def request_body(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
         for part in ("text", "html"):
             if values.get(part, "").strip():
                 body[part] = values[part]
+    if when := values.get("send_at_local", "").strip():
+        body["send_at"] = send_at(when, values.get("time_zone", ""))
     return body, values
+
+
+def send_at(local: str, time_zone: str) -> str:
+    """The form's wall-clock time (`datetime-local`, no offset) in the browser's IANA zone, which the page's
+    script puts beside it, as the RFC 3339 string the API takes; UTC without the script. The zone, not a fixed
+    offset, so that a time across a daylight-saving change from today is still the one the user meant."""
+    try:
+        moment = datetime.fromisoformat(local)
+    except ValueError:
+        return local  # the API's own refusal says what is wrong with it, beside the field
+    try:
+        zone: tzinfo = ZoneInfo(time_zone) if time_zone else UTC
+    except (ValueError, ZoneInfoNotFoundError):
+        zone = UTC
+    return moment.replace(tzinfo=zone).isoformat()
 
 
 def _form_page(

@@ -34,7 +34,7 @@ from service.outbox.rows import (
 
 COLUMNS = (
     "seq, id, status, content, message_id, request_id, attempts, last_error, smtp_reply, refused,"
-    " created_at, updated_at, sent_at, next_attempt_at, history, send_at"
+    " created_at, updated_at, sent_at, next_attempt_at, history, send_at, sender"
 )
 
 
@@ -65,8 +65,8 @@ async def insert_notifications(
     caller's transaction, and wake every replica's dispatcher when it commits."""
     await conn.executemany(
         "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
-        " created_at, updated_at, next_attempt_at, job_id, refused, send_at)"
-        " VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $7, $8, $9, $10)",
+        " created_at, updated_at, next_attempt_at, job_id, refused, send_at, sender)"
+        " VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $7, $8, $9, $10, $11)",
         [
             (
                 n.id,
@@ -80,6 +80,7 @@ async def insert_notifications(
                 # Recipients left out at accept (suppressed): on record from the start.
                 refused_json(n.refused_recipients) if n.refused_recipients else None,
                 n.send_at,
+                n.sender,
             )
             for n in notifications
         ],

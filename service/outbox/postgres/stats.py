@@ -7,7 +7,7 @@ import asyncpg
 
 from service.domain import Status
 from service.outbox.postgres.database import PostgresDatabase
-from service.outbox.stats import ErrorEntry, QueueGauges, QueueStats, StatsStore
+from service.outbox.stats import QueueGauges, QueueStats, StatsStore
 
 
 async def _gauges(conn: asyncpg.Connection) -> QueueGauges:
@@ -59,23 +59,4 @@ class PostgresStatsStore(StatsStore):
                     first_minute * 60.0,
                 )
             }
-        return QueueStats(
-            gauges=gauges,
-            sent_per_minute=[
-                (minute * 60.0, sent.get(minute, 0)) for minute in range(first_minute, current_minute + 1)
-            ],
-            failed_per_minute=[
-                (minute * 60.0, failed.get(minute, 0)) for minute in range(first_minute, current_minute + 1)
-            ],
-            recent_errors=[
-                ErrorEntry(
-                    notification_id=row["id"],
-                    status=Status(row["status"]),
-                    attempts=row["attempts"],
-                    error=row["last_error"],
-                    at=row["updated_at"],
-                    request_id=row["request_id"],
-                )
-                for row in rows
-            ],
-        )
+        return QueueStats.from_rows(gauges, range(first_minute, current_minute + 1), sent, failed, rows)

@@ -12,8 +12,10 @@ import asyncpg
 from service.outbox.postgres.database import PostgresDatabase
 from service.outbox.webhooks import (
     DELIVERED,
+    DELIVERY_COLUMNS,
     GIVEN_UP,
     PENDING,
+    SELECT_DELIVERIES,
     SENDING,
     Delivery,
     DeliveryPage,
@@ -22,12 +24,6 @@ from service.outbox.webhooks import (
     deliveries_of,
     delivery_from_row,
 )
-
-COLUMNS = (
-    "d.seq, d.id, d.event_id, e.type, d.url, d.status, d.attempts, d.next_attempt_at, d.created_at, d.updated_at,"
-    " d.last_error, d.response_code, e.body"
-)
-_FROM = "webhook_deliveries AS d JOIN webhook_events AS e ON e.id = d.event_id"
 
 
 async def event_written(conn: asyncpg.Connection, once: str) -> bool:
@@ -92,7 +88,7 @@ class PostgresWebhookStore(WebhookStore):
                 "   lease_until = $1::double precision + $3::double precision, updated_at = $1"
                 "   FROM (SELECT seq FROM expired UNION ALL SELECT seq FROM due LIMIT $2) AS picked"
                 "   WHERE d.seq = picked.seq RETURNING d.*)"
-                f" SELECT {COLUMNS} FROM claimed AS d JOIN webhook_events AS e ON e.id = d.event_id",
+                f" SELECT {DELIVERY_COLUMNS} FROM claimed AS d JOIN webhook_events AS e ON e.id = d.event_id",
                 now,
                 limit,
                 lease_seconds,
@@ -154,7 +150,7 @@ class PostgresWebhookStore(WebhookStore):
                 f"WITH changed AS (UPDATE webhook_deliveries SET status = '{PENDING}', attempts = 0,"
                 f"  next_attempt_at = $2, updated_at = $2 WHERE id = $1 AND status IN ('{DELIVERED}', '{GIVEN_UP}')"
                 "  RETURNING *)"
-                f" SELECT {COLUMNS} FROM changed AS d JOIN webhook_events AS e ON e.id = d.event_id",
+                f" SELECT {DELIVERY_COLUMNS} FROM changed AS d JOIN webhook_events AS e ON e.id = d.event_id",
                 delivery_id,
                 now,
             )
@@ -162,14 +158,13 @@ class PostgresWebhookStore(WebhookStore):
 
     async def get(self, delivery_id: str) -> Delivery | None:
         async with self.database.connection() as conn:
-            row = await conn.fetchrow(f"SELECT {COLUMNS} FROM {_FROM} WHERE d.id = $1", delivery_id)
+            row = await conn.fetchrow(f"{SELECT_DELIVERIES} WHERE d.id = $1", delivery_id)
         return delivery_from_row(row) if row else None
 
     async def page(self, *, status: str | None, limit: int, cursor: str | None) -> DeliveryPage:
         async with self.database.connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {COLUMNS} FROM {_FROM}"
-                " WHERE ($1::text IS NULL OR d.status = $1) AND ($2::bigint IS NULL OR d.seq < $2)"
+                SELECT_DELIVERIES + " WHERE ($1::text IS NULL OR d.status = $1) AND ($2::bigint IS NULL OR d.seq < $2)"
                 " ORDER BY d.seq DESC LIMIT $3",
                 status,
                 int(cursor) if cursor else None,

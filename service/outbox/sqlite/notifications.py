@@ -70,17 +70,17 @@ def write_notification_event(
 # Every write that waits for the next group commit.
 _Write = _Insert | _Outcome
 
-# Many rows in one INSERT (see insert_notifications): 11 parameters a row, well under SQLite's limit of 32,766.
+# Many rows in one INSERT (see insert_notifications): 12 parameters a row, well under SQLite's limit of 32,766.
 _INSERT = (
     "INSERT INTO notifications (id, status, content, message_id, request_id, attempts,"
-    " created_at, updated_at, next_attempt_at, job_id, refused, send_at) VALUES "
+    " created_at, updated_at, next_attempt_at, job_id, refused, send_at, sender) VALUES "
 )
-_INSERT_ROW = "(?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)"
+_INSERT_ROW = "(?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)"
 _ROWS_PER_INSERT = 500
 
 COLUMNS = (
     "seq, id, status, content, message_id, request_id, attempts, last_error, smtp_reply, refused,"
-    " created_at, updated_at, sent_at, next_attempt_at, history, send_at"
+    " created_at, updated_at, sent_at, next_attempt_at, history, send_at, sender"
 )
 
 # Appends :entry to `history`, dropping the oldest past HISTORY_LIMIT ('$[#]' removes nothing: below the limit).
@@ -119,6 +119,7 @@ def insert_notifications(
                 # Recipients left out at accept (suppressed): on record from the start.
                 refused_json(n.refused_recipients) if n.refused_recipients else None,
                 n.send_at,
+                n.sender,
             )
         db.execute(_INSERT + ", ".join([_INSERT_ROW] * len(chunk)), params)
     insert_tags(db, notifications)

@@ -6,7 +6,7 @@ import sqlite3
 
 from service.domain import Status
 from service.outbox.sqlite.database import SqliteDatabase
-from service.outbox.stats import ErrorEntry, QueueGauges, QueueStats, StatsStore
+from service.outbox.stats import QueueGauges, QueueStats, StatsStore
 
 
 def _gauges(db: sqlite3.Connection) -> QueueGauges:
@@ -61,25 +61,6 @@ class SqliteStatsStore(StatsStore):
                 )
             finally:
                 db.execute("COMMIT")
-            return QueueStats(
-                gauges=gauges,
-                sent_per_minute=[
-                    (minute * 60.0, sent.get(minute, 0)) for minute in range(first_minute, current_minute + 1)
-                ],
-                failed_per_minute=[
-                    (minute * 60.0, failed.get(minute, 0)) for minute in range(first_minute, current_minute + 1)
-                ],
-                recent_errors=[
-                    ErrorEntry(
-                        notification_id=row["id"],
-                        status=Status(row["status"]),
-                        attempts=row["attempts"],
-                        error=row["last_error"],
-                        at=row["updated_at"],
-                        request_id=row["request_id"],
-                    )
-                    for row in rows
-                ],
-            )
+            return QueueStats.from_rows(gauges, range(first_minute, current_minute + 1), sent, failed, rows)
 
         return await self.database.read(stats)

@@ -12,6 +12,7 @@ from service.outbox.webhooks import (
     DELIVERED,
     GIVEN_UP,
     PENDING,
+    SELECT_DELIVERIES,
     SENDING,
     Delivery,
     DeliveryPage,
@@ -20,12 +21,6 @@ from service.outbox.webhooks import (
     deliveries_of,
     delivery_from_row,
 )
-
-COLUMNS = (
-    "d.seq, d.id, d.event_id, e.type, d.url, d.status, d.attempts, d.next_attempt_at, d.created_at, d.updated_at,"
-    " d.last_error, d.response_code, e.body"
-)
-_FROM = "webhook_deliveries AS d JOIN webhook_events AS e ON e.id = d.event_id"
 
 
 def event_written(db: sqlite3.Connection, once: str) -> bool:
@@ -91,7 +86,7 @@ class SqliteWebhookStore(WebhookStore):
                 f" updated_at = ? WHERE seq IN ({marks})",
                 (now + lease_seconds, now, *ids),
             )
-            rows = db.execute(f"SELECT {COLUMNS} FROM {_FROM} WHERE d.seq IN ({marks})", ids).fetchall()
+            rows = db.execute(f"{SELECT_DELIVERIES} WHERE d.seq IN ({marks})", ids).fetchall()
             return sorted((delivery_from_row(row) for row in rows), key=lambda d: (d.next_attempt_at, d.seq or 0))
 
         return await self.database.write(claim)
@@ -147,14 +142,14 @@ class SqliteWebhookStore(WebhookStore):
             ).rowcount
             if not changed:
                 return None
-            row = db.execute(f"SELECT {COLUMNS} FROM {_FROM} WHERE d.id = ?", (delivery_id,)).fetchone()
+            row = db.execute(f"{SELECT_DELIVERIES} WHERE d.id = ?", (delivery_id,)).fetchone()
             return delivery_from_row(row)
 
         return await self.database.write(retry)
 
     async def get(self, delivery_id: str) -> Delivery | None:
         def get(db: sqlite3.Connection) -> Delivery | None:
-            row = db.execute(f"SELECT {COLUMNS} FROM {_FROM} WHERE d.id = ?", (delivery_id,)).fetchone()
+            row = db.execute(f"{SELECT_DELIVERIES} WHERE d.id = ?", (delivery_id,)).fetchone()
             return delivery_from_row(row) if row else None
 
         return await self.database.read(get)
@@ -164,8 +159,8 @@ class SqliteWebhookStore(WebhookStore):
 
         def page(db: sqlite3.Connection) -> DeliveryPage:
             rows = db.execute(
-                f"SELECT {COLUMNS} FROM {_FROM}"
-                " WHERE (:status IS NULL OR d.status = :status) AND (:before IS NULL OR d.seq < :before)"
+                SELECT_DELIVERIES
+                + " WHERE (:status IS NULL OR d.status = :status) AND (:before IS NULL OR d.seq < :before)"
                 " ORDER BY d.seq DESC LIMIT :limit",
                 {"status": status, "before": before, "limit": limit + 1},
             ).fetchall()

@@ -81,8 +81,8 @@ async def test_every_field_reaches_the_mail(compat: Service, smtp_sink: SmtpSink
     message = mail.message
     assert message["To"] == 'ada@example.com, "Lovelace, Ada" <ada2@example.com>'
     assert message["Cc"] == "carol@example.com"
-    assert message["From"] == "Notifier <notifier@example.com>"
-    # Its own ReplyTo wins over the requested sender.
+    assert message["From"] == "Shop <shop@example.com>"
+    assert mail.mail_from == "shop@example.com"
     assert message["Reply-To"] == "help@example.org"
     assert message["Subject"] == "Your order"
     assert message["X-Campaign"] == "spring"
@@ -92,10 +92,13 @@ async def test_every_field_reaches_the_mail(compat: Service, smtp_sink: SmtpSink
     assert parts["logo.png"]["Content-ID"] == "<logo.png>"
 
 
-async def test_the_sender_becomes_the_reply_to_when_none_is_given(compat: Service, smtp_sink: SmtpSink) -> None:
-    assert (await send(compat, MAIL)).status_code == 200
+async def test_the_sender_is_the_mails_from_and_status_says_so(compat: Service, smtp_sink: SmtpSink) -> None:
+    response = await send(compat, MAIL)
+    assert response.status_code == 200
     [mail] = await smtp_sink.wait_for(1)
-    assert mail.message["Reply-To"] == "shop@example.com"
+    assert (mail.message["From"], mail.message["Reply-To"]) == ("shop@example.com", None)
+    status = await compat.wait_for_status(response.json()["MessageID"], "sent")
+    assert status["from"] == "shop@example.com"
 
 
 @pytest.mark.parametrize(

@@ -74,9 +74,10 @@ async def test_every_field_reaches_the_mail(compat: Service, smtp_sink: SmtpSink
     assert message["To"] == "ada@example.com, Bob <bob@example.com>"
     assert message["Cc"] == "carol@example.com"
     assert message["Bcc"] is None
-    # The mail goes From MAIL_FROM; the requested sender (allowed: MAIL_FROM's domain) is its Reply-To.
-    assert message["From"] == "Notifier <notifier@example.com>"
-    assert message["Reply-To"] == "Shop <shop@example.com>"
+    # The requested sender (allowed: MAIL_FROM's domain) is the mail's From and envelope sender.
+    assert message["From"] == "Shop <shop@example.com>"
+    assert mail.mail_from == "shop@example.com"
+    assert message["Reply-To"] is None
     assert message["Subject"] == "Your order"
     assert message["X-Campaign"] == "spring"
     assert message.get_body(("plain",)).get_content().strip() == "Thanks"
@@ -107,8 +108,8 @@ async def test_the_status_in_resends_shape(compat: Service, smtp_sink: SmtpSink)
     assert body["object"] == "email"
     assert body["id"] == email_id
     assert (body["to"], body["cc"], body["bcc"]) == (["ada@example.com"], ["carol@example.com"], None)
-    assert body["from"] == "Notifier <notifier@example.com>"
-    assert body["reply_to"] == ["Shop <shop@example.com>"]
+    assert body["from"] == "Shop <shop@example.com>"
+    assert body["reply_to"] is None
     assert (body["subject"], body["text"], body["html"]) == ("Hi", "Hello", None)
     assert body["last_event"] == "sent"
     assert body["scheduled_at"] is None
@@ -280,7 +281,7 @@ async def test_bad_input_is_refused_in_resends_shape(compat: Service) -> None:
     assert_resend_error(not_json, 422, "validation_error")
 
 
-async def test_a_sender_outside_the_allowlist_is_refused(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+async def test_a_sender_outside_compat_allowed_from_is_refused(tmp_path: Path, smtp_sink: SmtpSink) -> None:
     settings = make_settings(
         tmp_path, smtp_sink.port, COMPAT_APIS="resend", COMPAT_ALLOWED_FROM="billing@example.org, example.net"
     )

@@ -7,6 +7,7 @@ import asyncio
 import html
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,7 @@ async def test_the_html_part_is_served_under_a_policy_that_runs_and_fetches_noth
 
 async def test_the_send_form_accepts_a_mail_the_apis_way(service: Service, smtp_sink: SmtpSink) -> None:
     form = {
+        "from": "Example Billing <billing@example.com>",
         "to": 'ada@example.com, "Lovelace, Ada" <ada.l@example.com>',
         "cc": "carol@example.com",
         "mode": "write",
@@ -204,6 +206,8 @@ async def test_the_send_form_accepts_a_mail_the_apis_way(service: Service, smtp_
     assert status["request_id"]
     [mail] = await smtp_sink.wait_for(1)
     assert mail.message["Subject"] == "From the page"
+    assert mail.message["From"] == "Example Billing <billing@example.com>"
+    assert mail.mail_from == "billing@example.com"
 
 
 async def test_the_send_form_renders_a_template_with_its_variables(service: Service, smtp_sink: SmtpSink) -> None:
@@ -223,6 +227,22 @@ async def test_the_send_form_renders_a_template_with_its_variables(service: Serv
     assert response.status_code == 303
     [mail] = await smtp_sink.wait_for(1)
     assert mail.message["Subject"] == "Welcome to Example, Ada!"
+
+
+async def test_the_send_form_schedules_in_the_browsers_time_zone(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    # New York is UTC-5 in January and UTC-4 in July: the zone, not today's offset, decides the moment.
+    year = datetime.now(UTC).year + 1
+    moments = {f"{year}-01-15T09:30": f"{year}-01-15T14:30", f"{year}-07-15T09:30": f"{year}-07-15T13:30"}
+    async with running(make_settings(tmp_path, smtp_sink.port, MAX_SCHEDULE_DAYS=800)) as service:
+        for wall_clock, utc in moments.items():
+            form = {"to": "ada@example.com", "mode": "write", "subject": "Later", "text": "x"}
+            form |= {"send_at_local": wall_clock, "time_zone": "America/New_York", "csrf": await csrf(service.client)}
+            response = await service.client.post("/ui/send", data=form)
+
+            assert response.status_code == 303, text_of(response)
+            status = await service.client.get(f"/v1/notifications/{response.headers['location'].rpartition('/')[2]}")
+            assert status.json()["status"] == "scheduled"
+            assert datetime.fromisoformat(status.json()["send_at"]) == datetime.fromisoformat(utc).replace(tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -249,8 +269,18 @@ async def test_the_send_form_renders_a_template_with_its_variables(service: Serv
             {"to": ["ada@example.com"], "template": "nope", "data": {}},
             "template",
         ),
+        (
+            {"to": "ada@example.com", "subject": "Hi", "text": "x", "send_at_local": "2999-01-01T09:00"},
+            {"to": ["ada@example.com"], "subject": "Hi", "text": "x", "send_at": "2999-01-01T09:00:00+00:00"},
+            "send_at",
+        ),
+        (
+            {"from": "billing@elsewhere.example", "to": "ada@example.com", "subject": "Hi", "text": "x"},
+            {"from": "billing@elsewhere.example", "to": ["ada@example.com"], "subject": "Hi", "text": "x"},
+            "from",
+        ),
     ],
-    ids=["bad address", "empty subject", "no body", "missing variable", "unknown template"],
+    ids=["bad address", "empty subject", "no body", "missing variable", "unknown template", "too far ahead", "sender"],
 )
 async def test_a_refusal_is_shown_beside_its_field_in_the_apis_words(
     service: Service, form: dict[str, str], api_body: dict[str, object], field: str

@@ -101,6 +101,9 @@
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
     for (const form of document.querySelectorAll("form[data-send-form]")) {
+      // "Send at" is wall-clock time where the browser is; the server reads it in this zone.
+      const zone = form.querySelector("input[data-time-zone]");
+      if (zone) zone.value = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
       form.addEventListener("change", function () { syncSendForm(form); });
       syncSendForm(form);
     }
