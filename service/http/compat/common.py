@@ -9,7 +9,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import structlog
 from fastapi import BackgroundTasks, HTTPException, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -25,8 +24,6 @@ from service.intake.accept import Intake
 from service.intake.attachments import AttachmentsTooLarge
 from service.intake.request import NotificationRequest
 from service.outbox import IdempotencyKeyTaken, Notification, OutboxUnavailable, QueueFull
-
-log = structlog.get_logger("service.http.compat")
 
 
 class Refusal(Exception):
