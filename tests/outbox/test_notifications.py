@@ -267,7 +267,12 @@ async def test_outcomes_written_at_once_each_land_on_their_own_claim_and_one_at_
         after.id: Status.SENT,
     }
     assert [[entry.outcome for entry in value.history] for value in status.values() if value] == [
-        ["sent"], ["retry"], ["failed"], [], [], ["sent"]
+        ["sent"],
+        ["retry"],
+        ["failed"],
+        [],
+        [],
+        ["sent"],
     ]
 
 
