@@ -30,8 +30,7 @@ from service.outbox import open_outbox
 
 
 async def drain(settings: Settings) -> dict[str, float]:
-    # As the dispatcher's own process opens it (service/delivery/worker.py), without a lock: nothing else does.
-    outbox = open_outbox(settings, dispatcher_process=True)
+    outbox = open_outbox(settings)
     await outbox.open()
     try:
         total = await outbox.notifications.count_unsent()
