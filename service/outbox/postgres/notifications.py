@@ -133,9 +133,17 @@ class OutcomeBatch:
         await future
 
     async def _write_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            await self._write_batch(batch)
+        batch: list[tuple[str, tuple[Any, ...], asyncio.Future[None]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._write_batch(batch)
+        except asyncio.CancelledError:
+            # The event loop is ending: no caller may be left waiting for a batch that will never be written.
+            for _, _, future in [*batch, *self._pending]:
+                future.cancel()
+            self._pending = []
+            raise
 
     async def _write_batch(self, batch: list[tuple[str, tuple[Any, ...], asyncio.Future[None]]]) -> None:
         by_statement: dict[str, list[tuple[Any, ...]]] = {}
