@@ -2,8 +2,9 @@
 
 One claimer task takes due notifications from the outbox in batches into a small in-memory queue; each
 worker keeps one SMTP connection open and sends what it takes from that queue. The queue holds at most
-SEND_CONCURRENCY notifications, so a crash can only ever repeat the sends that were in flight. An outcome the
-outbox cannot take (a full disk) is kept in memory and written again until it can be.
+CLAIMS_PER_WORKER * SEND_CONCURRENCY notifications; a crash can still only repeat the sends that were in
+flight (the others were claimed, never tried: the next start puts them back). An outcome the outbox cannot
+take (a full disk) is kept in memory and written again until it can be.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ POLL_SECONDS = 5.0
 UNWRITTEN_LIMIT = 10_000
 # Between tries to write them: doubling from the first, up to the last.
 UNWRITTEN_RETRY_SECONDS = (0.1, 5.0)
+# The ready queue's size, per worker. A claim is one transaction and one trip to the outbox's thread (or
+# PostgreSQL) whatever its size: with room for one per worker a draining dispatcher claimed ~5 rows at a time,
+# with room for four ~16 (benchmarks/drain_cpu.py: see docs/profile.md for the CPU per mail it saves).
+CLAIMS_PER_WORKER = 4
 
 # One outcome write, made again as often as it takes.
 OutcomeWrite = Callable[[], Awaitable[None]]
@@ -84,7 +89,9 @@ class Dispatcher:
         self.pacer = Pacer(
             settings.SEND_RATE_LIMIT, first_pause=settings.RETRY_BASE_SECONDS, max_pause=settings.RETRY_MAX_SECONDS
         )
-        self._ready: asyncio.Queue[Notification | None] = asyncio.Queue(maxsize=settings.SEND_CONCURRENCY)
+        self._ready: asyncio.Queue[Notification | None] = asyncio.Queue(
+            maxsize=CLAIMS_PER_WORKER * settings.SEND_CONCURRENCY
+        )
         self._wake = asyncio.Event()
         self._claimer: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -216,10 +223,12 @@ class Dispatcher:
                 notification = await self._ready.get()
                 if notification is None:
                     return
-                self._wake.set()
-                if self.pacer.paused:
-                    # The relay said "slower" after this one was claimed: it goes back unsent (no attempt counted),
-                    # and is claimed again after the pause.
+                if self._ready.qsize() <= self._ready.maxsize // 2:
+                    # Half the queue is free: the claimer's turn (not on every take: it would wake only to wait).
+                    self._wake.set()
+                if self.pacer.paused or self._claimed_too_long_ago(notification):
+                    # The relay said "slower" after this one was claimed, or it waited behind stalled sends: it goes
+                    # back unsent (no attempt counted), and is claimed again after the pause or at once.
                     with contextlib.suppress(OutboxUnavailable):
                         await self.outbox.release([notification.id])
                     continue
@@ -245,6 +254,12 @@ class Dispatcher:
                 await connection.quit()
             else:
                 connection.close()
+
+    def _claimed_too_long_ago(self, notification: Notification) -> bool:
+        """Whether a claim waited in the queue longer than one send may last (its `updated_at` is the claim's
+        time). Started anyway, its send could outlive a PostgreSQL lease (LEASE_SECONDS > 2 * SEND_TIMEOUT_SECONDS
+        covers one send of waiting, as with one claim per worker), and another replica could claim it again."""
+        return time.time() - notification.updated_at > self.settings.SEND_TIMEOUT_SECONDS
 
     async def _deliver(self, connection: SmtpConnection, notification: Notification) -> None:
         with structlog.contextvars.bound_contextvars(

@@ -207,3 +207,44 @@ async def test_an_unsendable_row_fails_alone_and_the_worker_goes_on(tmp_path: Pa
     assert failed["attempts"] == 1
     assert failed["last_error"].startswith("unsendable:")
     assert [r.rcpt_tos for r in smtp_sink.received] == [["ada@example.com"]]
+
+
+async def test_a_claim_takes_several_rows_per_worker_and_one_that_waited_past_a_send_goes_back_unsent(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    # Every DATA waits until the test opens it: the one worker's sends run out of time one after the other.
+    smtp_sink.handler.data_open.clear()
+    settings = make_settings(tmp_path, smtp_sink.port, SEND_CONCURRENCY=1, SEND_TIMEOUT_SECONDS=0.5)
+    async with running(settings) as service:
+        store = service.app.state.dispatcher.outbox
+        claimed: list[int] = []
+        released: list[str] = []
+        claim, release = store.claim, store.release
+
+        async def counted_claim(limit: int, now: float) -> list[Notification]:
+            rows: list[Notification] = await claim(limit, now)
+            claimed.append(len(rows))
+            return rows
+
+        async def recorded_release(notification_ids: list[str]) -> None:
+            released.extend(notification_ids)
+            await release(notification_ids)
+
+        store.claim, store.release = counted_claim, recorded_release
+        first = (await service.post(**MAIL)).json()["id"]
+        await service.wait_for_status(first, "sending")
+        batch = await service.client.post("/v1/notifications/batch", json={"notifications": [MAIL] * 3})
+        ids = [item["id"] for item in batch.json()["items"]]
+        # The second waits one send (its claim is still young), the third two: it goes back instead of being sent
+        # on a claim older than a send may last (on PostgreSQL, a lease that could run out mid-send).
+        deadline = time.monotonic() + 10
+        while ids[2] not in released:
+            assert time.monotonic() < deadline, (claimed, released)
+            await asyncio.sleep(0.02)
+        smtp_sink.handler.data_open.set()
+        done = [await service.wait_for_status(notification_id, "sent") for notification_id in [first, *ids]]
+
+    assert max(claimed) == 3, claimed  # the whole batch in one claim, for one worker
+    third = done[3]
+    assert third["attempts"] == 1  # given back unsent: no attempt counted
+    assert [entry["outcome"] for entry in third["history"]] == ["sent"]

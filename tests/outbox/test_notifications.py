@@ -232,6 +232,50 @@ async def test_an_outcome_from_a_claim_that_was_taken_over_is_ignored(notificati
     assert (done.status, done.smtp_reply) == (Status.SENT, "250 OK")
 
 
+async def test_outcomes_written_at_once_each_land_on_their_own_claim_and_one_at_fault_fails_alone(
+    notifications: NotificationStore,
+) -> None:
+    # What a draining dispatcher's workers do: outcomes arrive together and are written together (the SQLite
+    # group commit, PostgreSQL's OutcomeBatch), yet each is judged on its own row.
+    rows = [notification() for _ in range(6)]
+    await notifications.add(rows)
+    claimed = {n.id: n for n in await notifications.claim(6, time.time())}
+    sent, retried, failed, stale, broken, after = (claimed[n.id] for n in rows)
+    now = time.time()
+
+    results = await asyncio.gather(
+        notifications.mark_sent(sent.id, smtp_reply="250 OK", refused=[], now=now, attempt=sent.attempts),
+        notifications.mark_retry(retried.id, error="451 busy", next_attempt_at=now + 60, now=now, attempt=1),
+        notifications.mark_failed(failed.id, error="550 no", refused=[], now=now, attempt=failed.attempts),
+        # A claim taken over since (another attempt number): lands nowhere, and takes nothing down with it.
+        notifications.mark_sent(stale.id, smtp_reply="250 late", refused=[], now=now, attempt=stale.attempts + 1),
+        # Cannot be written at all (no integer column holds it): fails alone.
+        notifications.mark_sent(broken.id, smtp_reply="250 OK", refused=[], now=now, attempt=2**70),
+        notifications.mark_sent(after.id, smtp_reply="250 OK", refused=[], now=now, attempt=after.attempts),
+        return_exceptions=True,
+    )
+
+    assert [type(result).__name__ for result in results].count("NoneType") == 5, results
+    assert results[4] is not None
+    status = {n.id: (await notifications.get(n.id)) for n in rows}
+    assert {key: (value.status if value else None) for key, value in status.items()} == {
+        sent.id: Status.SENT,
+        retried.id: Status.QUEUED,
+        failed.id: Status.FAILED,
+        stale.id: Status.SENDING,
+        broken.id: Status.SENDING,
+        after.id: Status.SENT,
+    }
+    assert [[entry.outcome for entry in value.history] for value in status.values() if value] == [
+        ["sent"],
+        ["retry"],
+        ["failed"],
+        [],
+        [],
+        ["sent"],
+    ]
+
+
 async def test_pages_are_newest_first_and_filtered(notifications: NotificationStore) -> None:
     items = [notification() for _ in range(5)]
     for n in items:

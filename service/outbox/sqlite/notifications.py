@@ -182,7 +182,9 @@ class SqliteNotificationStore(NotificationStore):
         for write in writes:
             if isinstance(write, _Outcome):
                 write.write(db)
-        unsent = count_unsent(db) if self.queue_limit is not None else 0
+        inserts = any(not isinstance(write, _Outcome) for write in writes)
+        # Read only for inserts: a group of outcomes alone (a draining dispatcher's) needs no count.
+        unsent = count_unsent(db) if self.queue_limit is not None and inserts else 0
         accepted: list[Notification] = []
         for number, write in enumerate(writes):
             if isinstance(write, _Outcome):
