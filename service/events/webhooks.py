@@ -83,6 +83,7 @@ class WebhookSender:
         self._deliveries: dict[asyncio.Task[None], Delivery] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         recovered = await self.store.recover(time.time())
@@ -98,9 +99,12 @@ class WebhookSender:
         """Stop claiming; requests in flight get SHUTDOWN_GRACE_SECONDS to finish, then are cut short and their
         deliveries given back, due at once (their receivers may have had them: at-least-once)."""
         if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+            # Told, not cancelled: Python 3.11's asyncio.wait_for returns a wait that ended in the same instant
+            # as the cancel and drops the cancel, and a delivery ending just as the service stopped hung the
+            # shutdown for good. Woken, the loop finishes the claim it is in (if any) and returns.
+            self._stopping = True
+            self._wake.set()
+            await self._loop
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=self.settings.SHUTDOWN_GRACE_SECONDS)
         cut = dict(self._deliveries)
@@ -123,7 +127,7 @@ class WebhookSender:
 
     async def _claim_forever(self) -> None:
         concurrency = self.settings.WEBHOOK_CONCURRENCY
-        while True:
+        while not self._stopping:
             self._wake.clear()
             free = concurrency - len(self._inflight)
             claimed: list[Delivery] = []

@@ -288,3 +288,21 @@ async def test_a_shutdown_gives_back_a_delivery_cut_short_due_at_once(
     [(status, attempts, last_error, due)] = rows
     assert (status, attempts, last_error) == ("pending", 1, "interrupted by shutdown")
     assert due <= time.time()
+
+
+async def test_stop_returns_even_when_a_wake_lands_just_as_it_is_called(
+    tmp_path: Path, smtp_sink: SmtpSink, receiver: Receiver
+) -> None:
+    # A delivery that ends wakes the sender's loop; a stop in the same instant once lost its cancel in
+    # asyncio.wait_for (Python 3.11 returns the finished wait instead of raising) and the shutdown hung for good.
+    # Every small gap between the wake and the stop is tried, so one of them lands in that window.
+    for ticks in range(6):
+        async with running(webhook_settings(tmp_path / str(ticks), smtp_sink, receiver.url)) as service:
+            sender = service.app.state.webhook_sender
+            await asyncio.sleep(0.05)  # the loop is waiting for a wake, with nothing due
+            sender.wake()
+            for _ in range(ticks):
+                await asyncio.sleep(0)
+            stopping = asyncio.create_task(sender.stop())
+            done, _ = await asyncio.wait([stopping], timeout=10)
+            assert done, f"stop() still waiting 10 s after a wake {ticks} ticks before it"
