@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.intake.request import NotificationRequest, normalize_address
+from service.intake.request import NotificationRequest, normalize_address, split_addresses
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,13 @@ def test_from_is_dumped_only_when_given_so_an_older_bodys_fingerprint_stays() ->
     with_sender = NotificationRequest.model_validate({**plain, "from": "Billing <billing@example.com>"})
     assert with_sender.sender == "Billing <billing@example.com>"
     assert with_sender.model_dump(mode="json")["from"] == "Billing <billing@example.com>"
+
+
+def test_addresses_split_at_the_given_separators_outside_quotes_and_angle_brackets() -> None:
+    typed = '"Lovelace, Ada" <ada@example.com>\nbob@example.com, <odd,part@example.com>'
+    assert split_addresses(typed, ",\n") == [
+        '"Lovelace, Ada" <ada@example.com>',
+        "bob@example.com",
+        "<odd,part@example.com>",
+    ]
+    assert split_addresses("a@example.com\nb@example.com") == ["a@example.com\nb@example.com"]

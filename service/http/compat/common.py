@@ -22,7 +22,7 @@ from service.http.errors import json_safe
 from service.http.limits import RETRY_AFTER_SECONDS, UNAVAILABLE_RETRY_AFTER_SECONDS, queue_full_detail
 from service.intake.accept import Intake
 from service.intake.attachments import AttachmentsTooLarge
-from service.intake.request import NotificationRequest
+from service.intake.request import NotificationRequest, split_addresses
 from service.outbox import IdempotencyKeyTaken, Notification, OutboxUnavailable, QueueFull
 
 
@@ -278,32 +278,13 @@ async def accept_items(
         return Response(encoded, 200, media_type="application/json")
 
 
-def split_addresses(value: str | list[str] | None) -> list[str]:
-    """A list of addresses from one string (commas between them, as Postmark sends To) or a list of strings.
-    Commas inside a quoted display name stay with it."""
+def address_list(value: str | list[str] | None) -> list[str]:
+    """A list of addresses from one string (commas between them, as Postmark sends To) or a list of strings."""
     if value is None:
         return []
     if isinstance(value, list):
         return value
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = False
-    angle = False
-    # Hand-written: email.utils.getaddresses re-quotes and drops what it cannot parse; the intake checks each part.
-    for char in value:
-        if char == '"':
-            quoted = not quoted
-        elif char == "<" and not quoted:
-            angle = True
-        elif char == ">" and not quoted:
-            angle = False
-        if char == "," and not quoted and not angle:
-            parts.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current))
-    return [part.strip() for part in parts if part.strip()]
+    return split_addresses(value)
 
 
 def sender_fields(requested: str) -> dict[str, Any]:

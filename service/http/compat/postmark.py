@@ -18,11 +18,11 @@ from service.http.compat.common import (
     Refusal,
     accept_items,
     accept_one,
+    address_list,
     build_item,
     check_key,
     compat_route_class,
     sender_fields,
-    split_addresses,
 )
 from service.http.deps import SettingsDep
 from service.http.idempotency import IdempotencyKeyHeader
@@ -121,8 +121,8 @@ class PostmarkAttachment(BaseModel):
     ContentLength: int | None = None
 
 
-class PostmarkEmail(BaseModel):
-    """`POST /email`'s body, as Postmark's API reference gives it."""
+class PostmarkMessage(BaseModel):
+    """What `POST /email` and `POST /email/withTemplate` both take, as Postmark's API reference gives it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -130,10 +130,7 @@ class PostmarkEmail(BaseModel):
     To: str
     Cc: str | None = None
     Bcc: str | None = None
-    Subject: str | None = None
     Tag: str | None = None
-    HtmlBody: str | None = None
-    TextBody: str | None = None
     ReplyTo: str | None = None
     Headers: list[PostmarkHeader] | None = None
     # Accepted and ignored: this service tracks no opens or clicks.
@@ -144,28 +141,22 @@ class PostmarkEmail(BaseModel):
     MessageStream: str | None = None
 
 
-class PostmarkTemplateEmail(BaseModel):
-    """`POST /email/withTemplate`'s body: a template by its alias (our templates' names) and its model."""
+class PostmarkEmail(PostmarkMessage):
+    """`POST /email`'s body: the message and its content."""
 
-    model_config = ConfigDict(extra="forbid")
+    Subject: str | None = None
+    HtmlBody: str | None = None
+    TextBody: str | None = None
+
+
+class PostmarkTemplateEmail(PostmarkMessage):
+    """`POST /email/withTemplate`'s body: a template by its alias (our templates' names) and its model."""
 
     TemplateId: int | None = None
     TemplateAlias: str | None = None
     TemplateModel: dict[str, Any] = Field(default_factory=dict)
     # Accepted and ignored: our templates' HTML is sent as written.
     InlineCss: bool | None = None
-    From: str
-    To: str
-    Cc: str | None = None
-    Bcc: str | None = None
-    Tag: str | None = None
-    ReplyTo: str | None = None
-    Headers: list[PostmarkHeader] | None = None
-    TrackOpens: bool | None = None
-    TrackLinks: str | None = None
-    Attachments: list[PostmarkAttachment] | None = None
-    Metadata: dict[str, str] | None = None
-    MessageStream: str | None = None
 
 
 class PostmarkBatch(RootModel[list[Any]]):
@@ -188,8 +179,8 @@ def tag_of(value: str) -> str:
     return tag
 
 
-def _common_fields(email: PostmarkEmail | PostmarkTemplateEmail) -> dict[str, Any]:
-    reply_to = split_addresses(email.ReplyTo)
+def _common_fields(email: PostmarkMessage) -> dict[str, Any]:
+    reply_to = address_list(email.ReplyTo)
     if len(reply_to) > 1:
         raise Refusal(422, "validation", f"ReplyTo: one address here, not {len(reply_to)}")
     metadata = dict(email.Metadata or {})
@@ -199,9 +190,9 @@ def _common_fields(email: PostmarkEmail | PostmarkTemplateEmail) -> dict[str, An
     if email.Tag is not None and tag_of(email.Tag) != email.Tag:
         metadata["Tag"] = email.Tag
     fields: dict[str, Any] = {
-        "to": split_addresses(email.To),
-        "cc": split_addresses(email.Cc),
-        "bcc": split_addresses(email.Bcc),
+        "to": address_list(email.To),
+        "cc": address_list(email.Cc),
+        "bcc": address_list(email.Bcc),
         "reply_to": reply_to[0] if reply_to else None,
         "headers": {header.Name: header.Value for header in email.Headers or []},
         "tags": [tag_of(email.Tag)] if email.Tag else [],

@@ -28,12 +28,12 @@ from service.http.compat.common import (
     Refusal,
     accept_items,
     accept_one,
+    address_list,
     bearer_token,
     build_item,
     check_key,
     compat_route_class,
     sender_fields,
-    split_addresses,
 )
 from service.http.deps import DispatcherDep, NotificationStoreDep, SettingsDep
 from service.http.idempotency import IdempotencyKeyHeader
@@ -133,7 +133,7 @@ class ResendUpdate(BaseModel):
 
 
 def _reply_to(value: Addresses | None) -> str | None:
-    addresses = split_addresses(value)
+    addresses = address_list(value)
     if len(addresses) > 1:
         raise Refusal(422, "validation", f"reply_to: one address here, not {len(addresses)}")
     return addresses[0] if addresses else None
@@ -166,9 +166,9 @@ def notification_fields(email: ResendEmail, fetched: dict[int, bytes]) -> dict[s
     """A Resend e-mail as our NotificationRequest's fields; every check of those stays the intake's."""
     reply_to = _reply_to(email.reply_to)
     fields: dict[str, Any] = {
-        "to": split_addresses(email.to),
-        "cc": split_addresses(email.cc),
-        "bcc": split_addresses(email.bcc),
+        "to": address_list(email.to),
+        "cc": address_list(email.cc),
+        "bcc": address_list(email.bcc),
         "subject": email.subject,
         "text": email.text,
         "html": email.html,

@@ -3,7 +3,6 @@ accepts one; a refusal is shown next to its field in the API's own 422 words."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
@@ -20,19 +19,13 @@ from service.http.limits import queue_full_detail
 from service.http.ui.access import CSRF_FIELD, Access, require_access
 from service.http.ui.backend import Backend
 from service.http.ui.pages import PREFIX, PageRoute, render
-from service.intake.request import NotificationRequest
+from service.intake.request import NotificationRequest, split_addresses
 from service.outbox import QueueFull
 
 router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
 AccessDep = Annotated[Access, Depends(require_access)]
 
 FIELDS = ("from", "to", "cc", "subject", "text", "html", "template", "data", "send_at")
-# One address after another, split at commas and line ends outside double quotes ("Lovelace, Ada" <ada@…>).
-_ADDRESS = re.compile(r'(?:"[^"]*"|[^,\n"])+')
-
-
-def split_addresses(text: str) -> list[str]:
-    return [part.strip() for part in _ADDRESS.findall(text) if part.strip()]
 
 
 def field_errors(errors: list[Any], body: Mapping[str, Any], fields: tuple[str, ...] = FIELDS) -> dict[str, list[str]]:
@@ -51,7 +44,11 @@ def field_errors(errors: list[Any], body: Mapping[str, Any], fields: tuple[str, 
 def request_body(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     """The JSON body the API would have been sent, and the form's values as typed (to fill the form again)."""
     values = {name: str(value) for name, value in form.multi_items() if isinstance(value, str)}
-    body: dict[str, Any] = {"to": split_addresses(values.get("to", "")), "cc": split_addresses(values.get("cc", ""))}
+    # One address after another, split at commas and line ends ("Lovelace, Ada" <ada@…> stays whole).
+    body: dict[str, Any] = {
+        "to": split_addresses(values.get("to", ""), ",\n"),
+        "cc": split_addresses(values.get("cc", ""), ",\n"),
+    }
     if sender := values.get("from", "").strip():
         body["from"] = sender
     if values.get("mode") == "template":

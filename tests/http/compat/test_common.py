@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.config import Settings
-from service.http.compat.common import split_addresses
+from service.http.compat.common import address_list
 from tests.conftest import make_settings, running
 from tests.http.compat.conftest import POSTMARK, RESEND
 from tests.http.compat.test_postmark import MAIL as POSTMARK_MAIL
@@ -68,7 +68,7 @@ def test_an_unknown_api_stops_the_start() -> None:
     ],
 )
 def test_addresses_are_split_at_commas_outside_quotes(value: str | list[str] | None, addresses: list[str]) -> None:
-    assert split_addresses(value) == addresses
+    assert address_list(value) == addresses
 
 
 async def test_a_full_outbox_is_503_in_each_apis_shape(tmp_path: Path, smtp_sink: SmtpSink) -> None:
