@@ -249,11 +249,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"{entry!r} is neither an address (billing@example.com) nor a domain (example.com)")
         return value
 
+    def mail_from_domain(self) -> str:
+        """MAIL_FROM's domain, lower-cased: `Notifier <notifier@Example.com>` gives `example.com`."""
+        return self.MAIL_FROM.rpartition("@")[2].rstrip(">").strip().lower()
+
     def allowed_from(self) -> tuple[frozenset[str], frozenset[str]]:
         """ALLOWED_FROM as (addresses, domains), lower-cased; empty: MAIL_FROM's domain alone."""
         entries = [entry.strip().lower() for entry in self.ALLOWED_FROM.split(",") if entry.strip()]
         if not entries:
-            entries = [self.MAIL_FROM.rpartition("@")[2].rstrip(">").strip().lower()]
+            entries = [self.mail_from_domain()]
         return (
             frozenset(entry for entry in entries if "@" in entry),
             frozenset(entry for entry in entries if "@" not in entry),

@@ -70,7 +70,7 @@ def check_dkim_or_exit(settings: Settings) -> None:
     if loaded is None:
         return
     signer, seconds = loaded
-    from_domain = settings.MAIL_FROM.rpartition("@")[2].rstrip(">").strip().lower()
+    from_domain = settings.mail_from_domain()
     domain = signer.domain.decode().lower()
     if from_domain != domain and not from_domain.endswith("." + domain):
         # Valid DKIM, but DMARC counts it only when d= is MAIL_FROM's domain or one of its parents.
