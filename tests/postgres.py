@@ -40,6 +40,16 @@ async def _connect_admin() -> asyncpg.Connection:
         pytest.skip(message)
 
 
+async def reachable() -> bool:
+    """Whether the server answers, for a test that covers PostgreSQL when it can and runs without it too
+    (still a failure with REQUIRE_POSTGRES=1)."""
+    try:
+        await (await _connect_admin()).close()
+    except pytest.skip.Exception:
+        return False
+    return True
+
+
 @asynccontextmanager
 async def temporary_database() -> AsyncIterator[str]:
     """A new empty database; yields its URL and drops it (and any connection left to it) afterwards."""

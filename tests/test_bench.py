@@ -7,13 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.bench import parse_wrk
-from tests.postgres import POSTGRES_URL, _connect_admin
+from benchmarks.bench import Result, parse_wrk, ratios
+from tests.postgres import POSTGRES_URL, _connect_admin, reachable
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_benchmark_runs_every_system_and_the_service_loses_nothing(tmp_path: Path) -> None:
+async def test_the_benchmark_runs_every_system_and_the_service_loses_nothing(tmp_path: Path) -> None:
+    # The drain on PostgreSQL runs when a server answers, and is skipped with a note when none does.
+    drains = {"drain-sqlite", "drain-postgres"} if await reachable() else {"drain-sqlite"}
     completed = subprocess.run(
         [
             sys.executable,
@@ -27,6 +29,10 @@ def test_the_benchmark_runs_every_system_and_the_service_loses_nothing(tmp_path:
             "4",
             "--alone-count",
             "20",
+            "--drain-count",
+            "50",
+            "--postgres-url",
+            POSTGRES_URL,
             "--rounds",
             "2",
             "--out",
@@ -41,11 +47,13 @@ def test_the_benchmark_runs_every_system_and_the_service_loses_nothing(tmp_path:
     assert "| notification-service" in completed.stdout
     assert "accepted req/s, service ÷ tutorial" in completed.stdout
     assert "accepted req/s, floor ÷ tutorial" in completed.stdout
+    assert "issue 18's targets" in completed.stdout
+    assert ("drain, PostgreSQL (the dispatcher alone): skipped" in completed.stdout) == ("drain-postgres" not in drains)
     [path] = tmp_path.glob("bench-*.json")
     report = json.loads(path.read_text())
     assert len(report["rounds"]) == 2
     for results in report["rounds"]:
-        assert set(results) == {"bare", "durable", "tutorial", "service", "alone", "wire"}
+        assert set(results) == {"bare", "durable", "tutorial", "service", "alone", "wire"} | drains
         service = results["service"]
         assert service["accepted"] > 0
         # Each round's service starts from an empty outbox: what it owes is its own round's rows.
@@ -56,8 +64,17 @@ def test_the_benchmark_runs_every_system_and_the_service_loses_nothing(tmp_path:
         assert results["durable"]["accepted"] > 0
         for system in ("bare", "durable", "tutorial", "service"):
             assert results[system]["accept_cpu_ms"] > 0
+        # Each drain starts from its own outbox of 50 due mails, and owes exactly those.
+        for system in drains:
+            assert (results[system]["delivered"], results[system]["lost"]) == (50, 0)
     ratios = {ratio["name"]: ratio for ratio in report["ratios"]}
     assert len(ratios["accepted req/s, service ÷ tutorial"]["values"]) == 2
+    drain = ratios["drain mails/s, SQLite ÷ aiosmtplib alone, mails built before"]
+    assert (drain["issue"], len(drain["values"])) == (18, 2)
+    assert drain["met"] is not None
+    postgres = ratios["drain mails/s, PostgreSQL ÷ aiosmtplib alone, mails built before"]
+    assert len(postgres["values"]) == (2 if "drain-postgres" in drains else 0)
+    assert postgres["met"] is None  # printed beside SQLite's, not judged
     # A saved run prints the same table again without running anything.
     again = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench", "--from-json", str(path)],
@@ -68,6 +85,18 @@ def test_the_benchmark_runs_every_system_and_the_service_loses_nothing(tmp_path:
     )
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == completed.stdout.split("\nresults:")[0].strip()
+
+
+def test_a_target_in_every_round_is_judged_on_its_worst_round() -> None:
+    rounds = [
+        {"service": Result("service", p99_ms=p99), "bare": Result("bare", p99_ms=10.0)} for p99 in (10.0, 11.0, 20.0)
+    ]
+    rows = {row["name"]: row for row in ratios(rounds)}
+    every_round = rows["accept p99, service ÷ bare endpoint, every round"]
+    assert (every_round["median"], every_round["value"], every_round["met"]) == (1.1, 2.0, False)
+    # The same ratio judged on its median (issue 5's target, ≤ 2) is met.
+    on_median = rows["accept p99, service ÷ bare endpoint"]
+    assert (on_median["value"], on_median["met"]) == (1.1, True)
 
 
 def test_the_in_process_accept_cost_runs_for_every_system() -> None:
