@@ -57,7 +57,7 @@ smoke: install ## post a notification to the running stack and find it in MailHo
 	$(RUN) pytest -m compose -s tests/compose
 
 .PHONY: bench bench-burst bench-replicas bench-paced bench-drain
-bench: uv ## the service beside a bare endpoint, the floor (bare + outbox commit), the tutorial's way, aiosmtplib alone; 3 rounds (wrk if installed)
+bench: uv ## the service beside a bare endpoint, the floor (bare + outbox commit), the tutorial's way, aiosmtplib alone, the drain of 50,000 (SQLite, PostgreSQL); issues 5 and 18's targets; 3 rounds (wrk if installed)
 	$(UV) sync --locked --group bench --python $(PYTHON)
 	$(RUN) python -m benchmarks.bench --chart docs/bench.png
 	$(RUN) python -m benchmarks.attachments_cost
@@ -72,7 +72,7 @@ bench-replicas: uv ## SQLite (1 process) vs PostgreSQL (1 and REPLICAS=3 replica
 	$(RUN) python -m benchmarks.bench --replicas $(REPLICAS)
 
 RATE ?= 50
-bench-drain: uv ## N=50000 due mails in a stopped outbox, then the service with no HTTP load: drain rate beside aiosmtplib's (SQLite, PostgreSQL)
+bench-drain: uv ## N=50000 due mails in a stopped outbox, then the service with no HTTP load: drain rate beside aiosmtplib's (SQLite, PostgreSQL), one round
 	$(UV) sync --locked --group bench --python $(PYTHON)
 	$(RUN) python -m benchmarks.bench --drain $(or $(N),50000) --drain-postgres
 

@@ -1,5 +1,5 @@
 """Fill an outbox with due notifications while no service runs, through the service's own store and builder
-(the rows are exactly what the intake writes): `make bench-drain` then starts the service on it.
+(the rows are exactly what the intake writes): the drain of `make bench` then starts the service on it.
 
     python -m benchmarks.fill_outbox COUNT     # OUTBOX_PATH (SQLite) or OUTBOX_URL (PostgreSQL) from the env
 """
