@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import asyncpg
@@ -12,8 +13,9 @@ import pytest
 
 from service.outbox import Outbox, OutboxUnavailable, read_migrations
 from service.outbox.postgres import postgres_outbox
+from service.outbox.sqlite import sqlite_outbox
 from service.outbox.sqlite.database import split_statements
-from tests.outbox.backends import LEASE_SECONDS, Backend
+from tests.outbox.backends import LEASE_SECONDS, Backend, notification
 from tests.postgres import latest_migration
 from tests.smtp_sink import free_port
 
@@ -28,6 +30,21 @@ async def test_a_locked_file_is_reported_unwritable(tmp_path: Path, sqlite: Outb
         blocker.execute("ROLLBACK")
         blocker.close()
     await sqlite.database.check_writable()
+
+
+async def test_only_the_dispatchers_process_runs_statements_on_the_event_loop(tmp_path: Path) -> None:
+    # The HTTP process keeps its event loop free for requests; the dispatcher's own process (on_loop) skips the
+    # trip to the outbox's thread, and its writes, group commit included, land all the same.
+    for on_loop, expected in [(False, "outbox"), (True, threading.current_thread().name)]:
+        outbox = sqlite_outbox(tmp_path / f"{on_loop}.sqlite3", on_loop=on_loop)
+        await outbox.open()
+        try:
+            thread = await outbox.database.read(lambda _db: threading.current_thread().name)
+            await outbox.notifications.add([notification()])
+            assert await outbox.notifications.count_unsent() == 1
+        finally:
+            await outbox.close()
+        assert thread.startswith(expected), (on_loop, thread)
 
 
 async def test_migrations_run_once_and_record_the_version(backend: Backend) -> None:

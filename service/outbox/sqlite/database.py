@@ -1,7 +1,8 @@
 """The SQLite outbox's file: one file in WAL mode, one connection owned by one thread, its lock, its migrations,
 and the group-commit writer the notification store hands its writes to.
 
-sqlite3 blocks, so every statement runs on a single dedicated thread, never on the event loop. Writes handed to
+sqlite3 blocks, so every statement runs on a single dedicated thread, never on the event loop (but in the
+dispatcher's own process, which asks for `on_loop`: see SqliteDatabase). Writes handed to
 the group commit are written together: what arrives while a commit is on disk goes in the next transaction,
 and each caller is answered only after the transaction holding its write has committed.
 """
@@ -66,11 +67,18 @@ def transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T])
 
 
 class SqliteDatabase(Database):
-    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL", lock: bool = True) -> None:
+    def __init__(
+        self, path: Path | str, *, synchronous: str = "NORMAL", lock: bool = True, on_loop: bool = False
+    ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         # False only in the dispatcher's own process, which holds its parent's lock (inherited, not taken).
         self.lock = lock
+        # True only in the dispatcher's own process: statements run on the event loop's thread. That loop serves
+        # nothing a statement's milliseconds would delay (its sends wait for the outbox anyway), and the trip to
+        # the outbox's thread and back, the GIL handed over each way, cost more CPU than the statements: a
+        # draining dispatcher 0.88-0.94 -> 0.70-0.81 ms per mail (benchmarks/drain_cpu.py, docs/profile.md).
+        self.on_loop = on_loop
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._lock_file: BinaryIO | None = None
@@ -210,9 +218,10 @@ class SqliteDatabase(Database):
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(db, *args)` on the outbox's thread, outside any transaction of ours (reads)."""
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._thread, self._call, fn, args)
+            if self.on_loop and self._db is not None:
+                return self._call(fn, args)
+            return await asyncio.get_running_loop().run_in_executor(self._thread, self._call, fn, args)
         except sqlite3.Error as exc:
             raise OutboxUnavailable(f"outbox {self.path}: {exc}") from exc
 
