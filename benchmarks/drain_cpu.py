@@ -30,7 +30,8 @@ from service.outbox import open_outbox
 
 
 async def drain(settings: Settings) -> dict[str, float]:
-    outbox = open_outbox(settings)
+    # As the dispatcher's own process opens it (service/delivery/worker.py), without a lock: nothing else does.
+    outbox = open_outbox(settings, dispatcher_process=True)
     await outbox.open()
     try:
         total = await outbox.notifications.count_unsent()

@@ -3,6 +3,7 @@ ProcessorFormatter renders them: the test that fails on the structlog version wh
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -64,3 +65,24 @@ def test_a_stdlib_record_renders_as_processor_formatter_renders_it(tmp_path: Pat
         assert without_timestamp(ours.format(record), log_format) == without_timestamp(expected, log_format)
         # Read, not changed: another handler would see the record as it was.
         assert record.__dict__ == before
+
+
+def test_events_reach_the_stdout_of_the_moment_through_one_writer_per_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_logging(make_settings(tmp_path, 25, LOG_FORMAT="json"))
+    factory = structlog.get_config()["logger_factory"]
+    assert factory("service.delivery") is factory("service.delivery")
+    assert factory("service.delivery") is not factory("service.http")
+
+    first, second = io.StringIO(), io.StringIO()
+    log = structlog.get_logger("service.delivery")
+    monkeypatch.setattr(sys, "stdout", first)
+    log.info("notification_sent", attempts=1)
+    monkeypatch.setattr(sys, "stdout", second)
+    log.info("notification_failed", attempts=2)
+
+    [one] = [json.loads(line) for line in first.getvalue().splitlines()]
+    [two] = [json.loads(line) for line in second.getvalue().splitlines()]
+    assert (one["event"], one["logger"]) == ("notification_sent", "service.delivery")
+    assert (two["event"], two["logger"]) == ("notification_failed", "service.delivery")

@@ -36,7 +36,7 @@ def _die_with(parent_pid: int) -> None:
 async def serve(settings: Settings, stdin_fd: int, events_fd: int) -> None:
     loop = asyncio.get_running_loop()
     events, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(events_fd, "wb"))
-    outbox = open_outbox(settings, lock=False)
+    outbox = open_outbox(settings, dispatcher_process=True)
     await outbox.open()
     metrics = Metrics(settings.metric_tags())
     dispatcher = Dispatcher(outbox.notifications, settings, metrics=metrics)

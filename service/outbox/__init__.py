@@ -63,10 +63,11 @@ class Outbox:
         await self.database.close()
 
 
-def open_outbox(settings: Settings, *, lock: bool = True) -> Outbox:
+def open_outbox(settings: Settings, *, dispatcher_process: bool = False) -> Outbox:
     """PostgreSQL when OUTBOX_URL is set (several replicas share it), else the SQLite file at OUTBOX_PATH.
 
-    `lock=False` only for the dispatcher's own process: the SQLite file's lock is its parent's (inherited)."""
+    `dispatcher_process` only for the dispatcher's own process: the SQLite file's lock is its parent's
+    (inherited), and its statements run on the event loop (SqliteDatabase.on_loop)."""
     if settings.OUTBOX_URL is not None:
         from service.outbox.postgres import postgres_outbox
 
@@ -83,7 +84,8 @@ def open_outbox(settings: Settings, *, lock: bool = True) -> Outbox:
         settings.OUTBOX_PATH,
         synchronous=settings.OUTBOX_SYNCHRONOUS,
         queue_limit=settings.QUEUE_LIMIT,
-        lock=lock,
+        lock=not dispatcher_process,
+        on_loop=dispatcher_process,
         webhook_urls=settings.webhook_urls(),
     )
 

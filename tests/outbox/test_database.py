@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import asyncpg
@@ -12,8 +13,9 @@ import pytest
 
 from service.outbox import Outbox, OutboxUnavailable, read_migrations
 from service.outbox.postgres import postgres_outbox
-from service.outbox.sqlite.database import split_statements
-from tests.outbox.backends import LEASE_SECONDS, Backend
+from service.outbox.sqlite import sqlite_outbox
+from service.outbox.sqlite.database import GATHER_TURNS, SqliteDatabase, split_statements
+from tests.outbox.backends import LEASE_SECONDS, Backend, notification
 from tests.postgres import latest_migration
 from tests.smtp_sink import free_port
 
@@ -28,6 +30,21 @@ async def test_a_locked_file_is_reported_unwritable(tmp_path: Path, sqlite: Outb
         blocker.execute("ROLLBACK")
         blocker.close()
     await sqlite.database.check_writable()
+
+
+async def test_only_the_dispatchers_process_runs_statements_on_the_event_loop(tmp_path: Path) -> None:
+    # The HTTP process keeps its event loop free for requests; the dispatcher's own process (on_loop) skips the
+    # trip to the outbox's thread, and its writes, group commit included, land all the same.
+    for on_loop, expected in [(False, "outbox"), (True, threading.current_thread().name)]:
+        outbox = sqlite_outbox(tmp_path / f"{on_loop}.sqlite3", on_loop=on_loop)
+        await outbox.open()
+        try:
+            thread = await outbox.database.read(lambda _db: threading.current_thread().name)
+            await outbox.notifications.add([notification()])
+            assert await outbox.notifications.count_unsent() == 1
+        finally:
+            await outbox.close()
+        assert thread.startswith(expected), (on_loop, thread)
 
 
 async def test_migrations_run_once_and_record_the_version(backend: Backend) -> None:
@@ -86,3 +103,31 @@ INSERT INTO t VALUES (';');
     for statement in statements:
         db.execute(statement)
     assert db.execute("SELECT count(*) FROM t").fetchone() == (1,)
+
+
+async def test_the_dispatchers_group_commit_gathers_outcomes_that_arrive_a_few_loop_turns_apart(tmp_path: Path) -> None:
+    # In the dispatcher's process (on_loop) the writer lets GATHER_TURNS loop turns pass before it takes its group:
+    # two workers' outcomes finishing a couple of turns apart share one transaction instead of costing two.
+    assert GATHER_TURNS > 2
+    groups: dict[bool, list[list[str]]] = {}
+    for on_loop in (False, True):
+        database = SqliteDatabase(tmp_path / f"{on_loop}.sqlite3", lock=False, on_loop=on_loop)
+        written: list[list[str]] = []
+
+        def write_group(_db: sqlite3.Connection, writes: list[str], written: list[list[str]] = written) -> list[None]:
+            written.append(writes)
+            return [None] * len(writes)
+
+        group_commit = database.group_commit(write_group)
+        await database.open()
+        try:
+            first = asyncio.create_task(group_commit.write("first outcome"))
+            for _ in range(2):
+                await asyncio.sleep(0)
+            await asyncio.gather(first, group_commit.write("second outcome"))
+        finally:
+            await database.close()
+        groups[on_loop] = written
+    assert groups[True] == [["first outcome", "second outcome"]]
+    # The HTTP process' group commit takes what is there at once: a request's 202 waits for no one.
+    assert groups[False] == [["first outcome"], ["second outcome"]]

@@ -21,10 +21,11 @@ def sqlite_outbox(
     synchronous: str = "NORMAL",
     queue_limit: int | None = None,
     lock: bool = True,
+    on_loop: bool = False,
     webhook_urls: Sequence[str] = (),
 ) -> Outbox:
     """The stores on the SQLite file at `path` (not opened yet); with `webhook_urls`, outcomes write events."""
-    database = SqliteDatabase(path, synchronous=synchronous, lock=lock)
+    database = SqliteDatabase(path, synchronous=synchronous, lock=lock, on_loop=on_loop)
     return Outbox(
         database=database,
         notifications=SqliteNotificationStore(database, queue_limit=queue_limit, webhook_urls=webhook_urls),
