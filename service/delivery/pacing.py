@@ -127,13 +127,18 @@ class Pacer:
         if reply is None or started < self._throttled_at:
             return
         now = time.perf_counter()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+            if now >= self._paused_until:
+                # That pause is over by the clock `paused` reads, but the loop had not run its timer yet: it still
+                # ends with its event, before the next one begins (seen on a busy machine: a lost sending_resumed).
+                self._resumed(self._paused_until - self._throttled_at)
         calm = now > self._paused_until + self.calm_seconds
         self._throttles = 1 if calm else self._throttles + 1
         pause = min(self.max_pause, self.first_pause * 2 ** (self._throttles - 1))
         self._throttled_at = now
         self._paused_until = now + pause
-        if self._resume is not None:
-            self._resume.cancel()
         self._resume = asyncio.get_running_loop().call_later(pause, self._resumed, pause, context=Context())
         # An event of the instance, not of the notification whose send got the reply (its own retry event says
         # that): logged outside its context, so its notification_id and request_id stay off it.

@@ -153,6 +153,25 @@ async def test_throttles_that_keep_coming_double_the_pause_and_a_calm_spell_star
     assert [e["event"] for e in events] == ["sending_throttled", "sending_resumed"] * 5
 
 
+async def test_a_pause_over_by_the_clock_ends_with_its_event_even_when_its_timer_is_late() -> None:
+    # The pause ends by perf_counter; its timer runs when the loop gets to it. A throttle in between (here the loop
+    # is blocked past the pause, as a busy machine does it) still logs the first pause's end before the second's start.
+    pacer = Pacer(0, first_pause=0.05, max_pause=0.2, calm_seconds=30)
+    throttle = aiosmtplib.SMTPDataError(454, "Throttling failure: Maximum sending rate exceeded")
+    with stamped_events() as events:
+        pacer.after_failure(throttle, time.perf_counter())
+        paused_until = time.perf_counter() + 0.05
+        while time.perf_counter() <= paused_until:
+            time.sleep(0.01)  # the event loop blocked: the resume timer cannot run
+        assert not pacer.paused
+        pacer.after_failure(throttle, time.perf_counter())
+        assert pacer.paused
+        await wait_until(lambda: sum(e["event"] == "sending_resumed" for e in events) == 2)
+
+    assert [e["event"] for e in events] == ["sending_throttled", "sending_resumed"] * 2
+    assert [e["paused_seconds"] for e in events if e["event"] == "sending_resumed"] == [0.05, 0.1]
+
+
 async def test_a_claimer_waiting_out_a_pause_is_released_at_once_by_close() -> None:
     pacer = Pacer(0, first_pause=60, max_pause=60)
     pacer.after_failure(aiosmtplib.SMTPSenderRefused(421, "4.7.0 Try again later", "a@example.com"), 0.0)
