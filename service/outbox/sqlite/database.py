@@ -222,7 +222,8 @@ class SqliteDatabase(Database):
     # -- the stores' way in ---------------------------------------------------------------------------------
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(db, *args)` on the outbox's thread, outside any transaction of ours (reads)."""
+        """`fn(db, *args)` on the outbox's thread (on the event loop with `on_loop`), outside any transaction of
+        ours (reads)."""
         try:
             if self.on_loop and self._db is not None:
                 return self._call(fn, args)
